@@ -1,0 +1,114 @@
+"""Full-catalogue next-item evaluation of a trained GRU4Rec: recall@N and MRR@N for several N at once.
+
+Every test session starts from a zero hidden state; each event predicts the immediately next item.
+The target's rank counts the candidates (all training items, or a given candidate set) that score
+above it; ties are resolved by `mode`:
+  standard      #(score > target) + 1                            (optimistic)
+  conservative  #(score >= target)                               (pessimistic; the target counts itself)
+  median        #(score > target) + (#(score == target) - 1) / 2 + 1
+  tiebreaking   standard, after adding uniform(0, 1e-10) noise to every score
+"""
+import time
+
+import numpy as np
+import pandas as pd
+
+try:  # package import (installed) or top-level import (checkout)
+    from .gru4rec import GRU4RecError, session_parallel_batches, _numeric_column
+except ImportError:
+    from gru4rec import GRU4RecError, session_parallel_batches, _numeric_column
+
+MODES = ('standard', 'conservative', 'median', 'tiebreaking')
+
+
+def ranks_from_counts(n_greater, n_equal, mode):
+    """Rank of each target from the number of candidates scoring above / equal to it. n_equal must count
+    the target itself once (a candidate set that lacks the target gets +1 before calling this)."""
+    n_greater = np.asarray(n_greater, dtype=np.float64)
+    n_equal = np.asarray(n_equal, dtype=np.float64)
+    if mode in ('standard', 'tiebreaking'):
+        return n_greater + 1
+    if mode == 'conservative':
+        return n_greater + n_equal
+    if mode == 'median':
+        return n_greater + 0.5 * (n_equal - 1) + 1
+    raise GRU4RecError(f'Unknown evaluation mode {mode!r} (use one of: {", ".join(MODES)})')
+
+
+def prepare_test_data(gru, test_data, session_key, item_key, time_key):
+    """Keep the test events whose item the model knows; sort by session, time, item. Returns
+    (item indices, session offsets, number of dropped events, number of sessions before filtering)."""
+    if not isinstance(test_data, pd.DataFrame):
+        raise GRU4RecError(f'test_data must be a pandas DataFrame, got {type(test_data).__name__}')
+    missing = [k for k in (session_key, item_key, time_key) if k not in test_data.columns]
+    if missing:
+        raise GRU4RecError(f'Missing column(s) {", ".join(missing)} in the test data '
+                           f'(columns found: {", ".join(map(str, test_data.columns))})')
+    data = test_data[[session_key, item_key, time_key]].copy()
+    for k in (session_key, time_key):
+        data[k] = _numeric_column(data[k], k, 'test')
+    idx = gru.itemidmap.index.get_indexer(data[item_key])
+    known = idx >= 0
+    n_dropped = int((~known).sum())
+    if not known.any():
+        raise GRU4RecError('The test data shares no items with the training data')
+    data = data.assign(_idx=idx)[known].sort_values([session_key, time_key, item_key], kind='stable')
+    sess = data[session_key].values
+    starts = np.flatnonzero(np.r_[True, sess[1:] != sess[:-1]])
+    offsets = np.r_[starts, len(sess)].astype(np.int64)
+    return data['_idx'].values.astype(np.int32), offsets, n_dropped, test_data[session_key].nunique()
+
+
+def evaluate_gpu(gru, test_data, items=None, session_key='SessionId', item_key='ItemId', time_key='Time',
+                 cut_off=(20,), batch_size=100, mode='standard'):
+    """Recall@N and MRR@N of `gru` on `test_data` for every N in cut_off (an int is accepted too).
+
+    items: optional candidate item IDs to rank against (default: all training items).
+    Returns (recall_list, mrr_list) in the order of cut_off. Test events whose item was not seen in
+    training are dropped (a line says how many). The name is the original's; `evaluate` is the same
+    function and runs on whatever backend the model uses."""
+    gru._require_trained()
+    cut_off = [int(cut_off)] if np.isscalar(cut_off) else [int(c) for c in cut_off]
+    if not cut_off or min(cut_off) < 1:
+        raise GRU4RecError(f'cut_off must be positive integers, got {cut_off}')
+    if mode not in MODES:
+        raise GRU4RecError(f'Unknown evaluation mode {mode!r} (use one of: {", ".join(MODES)})')
+    if int(batch_size) < 1:
+        raise GRU4RecError('batch_size must be >= 1')
+    print('Measuring Recall@{} and MRR@{}'.format(','.join(map(str, cut_off)), ','.join(map(str, cut_off))))
+    test_items, offsets, n_dropped, n_sessions = prepare_test_data(gru, test_data, session_key, item_key, time_key)
+    if n_dropped:
+        print(f'Dropped {n_dropped} test events with items unseen in training '
+              f'({n_dropped / (n_dropped + len(test_items)):.2%} of the test events)')
+    cand = None
+    if items is not None:
+        cand = gru.itemidmap.index.get_indexer(pd.Index(pd.unique(np.asarray(items))))
+        cand = cand[cand >= 0].astype(np.int32)
+        if len(cand) == 0:
+            raise GRU4RecError('None of the candidate items (items=...) was seen in training')
+        in_cand = np.zeros(gru.n_items, dtype=bool)
+        in_cand[cand] = True
+    fn = gru.rank_function(with_candidates=cand is not None, tiebreak=mode == 'tiebreaking')
+    cut = np.asarray(cut_off, dtype=np.float64)[:, None]
+    hits, rr = np.zeros(len(cut_off)), np.zeros(len(cut_off))
+    n = 0
+    H = [np.zeros((min(batch_size, len(offsets) - 1), u), dtype=np.float32) for u in gru.layers]
+    order = np.arange(len(offsets) - 1)
+    for inp, out, reset, keep in session_parallel_batches(test_items, offsets, order, int(batch_size)):
+        if keep is not None:
+            H = [h[keep] for h in H]
+        args = [inp, out, reset.astype(np.float32)] + ([cand] if cand is not None else []) + H
+        n_greater, n_equal, *H = fn(*args)
+        if cand is not None:  # a target outside the candidate set is ranked as if it were added to it
+            n_equal = n_equal + ~in_cand[out]
+        rank = ranks_from_counts(n_greater, n_equal, mode)
+        hit = rank[None, :] <= cut
+        hits += hit.sum(axis=1)
+        rr += (hit / rank[None, :]).sum(axis=1)
+        n += len(inp)
+    if n == 0:
+        raise GRU4RecError('The test data has no session with at least 2 known events: nothing to evaluate')
+    return list(hits / n), list(rr / n)
+
+
+evaluate = evaluate_gpu

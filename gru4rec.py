@@ -1,0 +1,991 @@
+"""GRU4Rec: session-based recommendations with recurrent neural networks, on PyTensor.
+
+An independent re-implementation of the original Theano GRU4Rec (Hidasi et al., ICLR 2016;
+Hidasi & Karatzoglou, CIKM 2018) from its behavioural description. Read top to bottom:
+
+  1. errors, parameters and their coercion from strings (``set_params``)
+  2. activations and losses (symbolic, PyTensor)
+  3. the session-parallel mini-batch iterator
+  4. the GRU4Rec class: weight init, model graph, optimisers, ``fit``, prediction, save/load
+
+Shapes: M = active session slots in a minibatch, K = M + n_sample scored items per row,
+N = number of items, L_i = units of GRU layer i, L = units of the last layer.
+"""
+import math
+import pickle
+import sys
+import time
+import os
+import tempfile
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+import pandas as pd
+
+with warnings.catch_warnings():
+    # PyTensor warns at import that its C backend found no BLAS; we never use the C backend.
+    warnings.filterwarnings('ignore', message='.*could not link to a BLAS.*')
+    import pytensor
+    import pytensor.tensor as pt
+
+try:  # package import (installed) or top-level import (checkout)
+    from . import custom_opt
+except ImportError:
+    import custom_opt
+
+FLOAT = 'float32'
+EPS = np.float32(1e-6)        # optimiser epsilon
+LOG_EPS = np.float32(1e-24)   # inside the logs of the cross-entropy and bpr-max losses
+MODEL_FORMAT = 'gru4rec-pytensor'
+MODEL_VERSION = 1
+
+
+class GRU4RecError(ValueError):
+    """Invalid input or parameter; the message says what is wrong in one line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Parameters
+# ---------------------------------------------------------------------------------------------
+
+LOSSES = ('cross-entropy', 'xe_logit', 'bpr', 'bpr-max', 'top1', 'top1-max')
+OPTIMISERS = ('adagrad', 'rmsprop', 'adadelta', 'adam', 'adam_legacy', 'sgd')
+DEFAULT_ADAPT_PARAMS = {'rmsprop': [0.9], 'adadelta': [0.95], 'adam': [0.9, 0.999], 'adam_legacy': [0.9, 0.999]}
+
+DEFAULTS = OrderedDict([
+    ('loss', 'bpr-max'), ('final_act', 'linear'), ('hidden_act', 'tanh'), ('layers', [100]),
+    ('n_epochs', 10), ('batch_size', 32), ('dropout_p_hidden', 0.0), ('dropout_p_embed', 0.0),
+    ('learning_rate', 0.1), ('momentum', 0.0), ('lmbd', 0.0), ('embedding', 0), ('n_sample', 2048),
+    ('sample_alpha', 0.75), ('smoothing', 0.0), ('constrained_embedding', False), ('adapt', 'adagrad'),
+    ('adapt_params', []), ('grad_cap', 0.0), ('bpreg', 1.0), ('logq', 0.0), ('sigma', 0.0),
+    ('init_as_normal', False), ('train_random_order', False), ('time_sort', True),
+    ('session_key', 'SessionId'), ('item_key', 'ItemId'), ('time_key', 'Time'),
+    ('seed', 42), ('backend', None),
+])
+_BOOL_TEXT = {'true': True, '1': True, 'false': False, '0': False}
+
+
+def _coerce(name, value, current):
+    """Coerce one parameter value like the original's set_params: strings are converted to the type of
+    the parameter's current (default) value; lists are '/'-separated. Raises GRU4RecError."""
+    kind = type(DEFAULTS[name]) if name in DEFAULTS else type(current)
+    try:
+        if name == 'adapt_params':
+            if isinstance(value, str):
+                return [float(v) for v in value.split('/') if v.strip() != '']
+            return [float(v) for v in value]
+        if name == 'layers':
+            if isinstance(value, str):
+                return [int(v) for v in value.split('/')]
+            if isinstance(value, (int, np.integer)):
+                return [int(value)]
+            return [int(v) for v in value]
+        if name == 'embedding':
+            if isinstance(value, str) and value.strip() == 'layersize':
+                return 'layersize'
+            return _to_int(value)
+        if name == 'adapt':
+            if value is None or str(value).strip().lower() in ('none', 'sgd', ''):
+                return 'sgd'
+            return str(value).strip()
+        if name == 'backend':
+            return None if value is None or str(value).strip().lower() in ('none', '') else str(value).strip().lower()
+        if kind is bool:
+            if isinstance(value, str):
+                if value.strip().lower() not in _BOOL_TEXT:
+                    raise GRU4RecError(f'Invalid value for boolean parameter {name}: {value} (use True/False/1/0)')
+                return _BOOL_TEXT[value.strip().lower()]
+            if isinstance(value, (bool, np.bool_)) or value in (0, 1):
+                return bool(value)
+            raise GRU4RecError(f'Invalid value for boolean parameter {name}: {value!r} (use True/False/1/0)')
+        if kind is int:
+            return _to_int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except GRU4RecError:
+        raise
+    except (TypeError, ValueError):
+        expected = {int: 'an integer', float: 'a number', list: 'numbers separated by /'}.get(kind, 'a string')
+        raise GRU4RecError(f'Invalid value for parameter {name}: {value!r} (expected {expected})') from None
+
+
+def _to_int(value):
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if float(value).is_integer():
+            return int(value)
+        raise ValueError
+    return int(str(value).strip())
+
+
+def _validate(p):
+    """Check a full parameter dict; raise GRU4RecError naming the first bad parameter."""
+    def bad(name, why):
+        raise GRU4RecError(f'Invalid value for parameter {name}: {p[name]!r} ({why})')
+    if p['loss'] not in LOSSES:
+        bad('loss', 'use one of: ' + ', '.join(LOSSES))
+    parse_activation(p['final_act'], final=True)
+    parse_activation(p['hidden_act'], final=False)
+    if not p['layers'] or any(l < 1 for l in p['layers']):
+        bad('layers', 'positive layer sizes separated by /, e.g. 100 or 100/100')
+    for name in ('n_epochs', 'n_sample'):
+        if p[name] < 0:
+            bad(name, 'must be >= 0')
+    if p['batch_size'] < 1:
+        bad('batch_size', 'must be >= 1')
+    for name in ('dropout_p_hidden', 'dropout_p_embed', 'smoothing'):
+        if not 0.0 <= p[name] < 1.0:
+            bad(name, 'must be in [0, 1)')
+    if not (math.isfinite(p['learning_rate']) and p['learning_rate'] > 0):
+        bad('learning_rate', 'must be a positive number')
+    if not 0.0 <= p['momentum'] < 1.0:
+        bad('momentum', 'must be in [0, 1)')
+    for name in ('lmbd', 'grad_cap', 'bpreg', 'sigma', 'sample_alpha'):
+        if not (math.isfinite(p[name]) and p[name] >= 0):
+            bad(name, 'must be a non-negative number')
+    if not math.isfinite(p['logq']):
+        bad('logq', 'must be a finite number')
+    if p['embedding'] != 'layersize' and p['embedding'] < 0:
+        bad('embedding', "must be >= 0 or 'layersize'")
+    if p['adapt'] not in OPTIMISERS:
+        bad('adapt', 'use one of: ' + ', '.join(OPTIMISERS))
+    need = len(DEFAULT_ADAPT_PARAMS.get(p['adapt'], []))
+    if p['adapt_params'] and len(p['adapt_params']) < need:
+        bad('adapt_params', f'{p["adapt"]} needs {need} value(s) separated by /')
+    if any(not 0.0 <= v < 1.0 for v in p['adapt_params'][:need]):
+        bad('adapt_params', 'decay rates must be in [0, 1)')
+    for name in ('session_key', 'item_key', 'time_key'):
+        if not p[name]:
+            bad(name, 'must be a column name')
+    if len({p['session_key'], p['item_key'], p['time_key']}) < 3:
+        bad('time_key', 'session_key, item_key and time_key must be different columns')
+    if p['backend'] is not None:
+        try:
+            custom_opt.check_backend(p['backend'])
+        except ValueError as e:
+            raise GRU4RecError(f'Invalid value for parameter backend: {e}') from None
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Activations and losses (symbolic)
+# ---------------------------------------------------------------------------------------------
+
+def _softmax(x):
+    e = pt.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _neg_log_softmax(x):
+    """'softmax_logit': log(sum_j exp(x'_j)) - x', with x' = x - rowmax(x)."""
+    x = x - x.max(axis=1, keepdims=True)
+    return pt.log(pt.exp(x).sum(axis=1, keepdims=True)) - x
+
+
+def parse_activation(name, final):
+    """Return f(x) for an activation name: linear, relu, tanh, leaky-X, elu-X, selu-X-Y and,
+    as final activations only, softmax and softmax_logit. Raises GRU4RecError."""
+    parts = str(name).split('-')
+    which = 'final_act' if final else 'hidden_act'
+    try:
+        args = [np.float32(float(v)) for v in parts[1:]]
+    except ValueError:
+        args = None
+    simple = {'linear': lambda x: x, 'relu': lambda x: pt.maximum(x, 0), 'tanh': pt.tanh}
+    if final:
+        simple.update(softmax=_softmax, softmax_logit=_neg_log_softmax)
+    if len(parts) == 1 and parts[0] in simple:
+        return simple[parts[0]]
+    if args is not None and parts[0] == 'leaky' and len(args) == 1:
+        return lambda x, a=args[0]: pt.switch(x >= 0, x, a * x)
+    if args is not None and parts[0] == 'elu' and len(args) == 1:
+        return lambda x, a=args[0]: pt.switch(x >= 0, x, a * (pt.exp(x) - 1))
+    if args is not None and parts[0] == 'selu' and len(args) == 2:
+        return lambda x, l=args[0], a=args[1]: l * pt.switch(x >= 0, x, a * (pt.exp(x) - 1))
+    names = 'linear, relu, tanh, leaky-X, elu-X, selu-X-Y' + (', softmax, softmax_logit' if final else '')
+    raise GRU4RecError(f'Invalid value for parameter {which}: {name!r} (use one of: {names})')
+
+
+def _diag(yhat):
+    """yhat[i, i] for i < M of an M x K score matrix (K >= M)."""
+    m = pt.arange(yhat.shape[0])
+    return yhat[m, m]
+
+
+def _softmax_neg(yhat):
+    """Softmax over the negatives of each row: the diagonal is zeroed, takes part in the max, gets weight 0."""
+    off_diag = 1 - pt.eye(yhat.shape[0], yhat.shape[1], dtype=FLOAT)
+    x = yhat * off_diag
+    e = pt.exp(x - x.max(axis=1, keepdims=True)) * off_diag
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def loss_sum(loss, yhat, smoothing=0.0, bpreg=1.0):
+    """Sum over the M rows of the loss of an activated M x K score matrix (column i is row i's positive)."""
+    d = _diag(yhat)
+    k = yhat.shape[1].astype(FLOAT)
+    if loss in ('cross-entropy', 'xe_logit'):
+        nll = (-pt.log(yhat + LOG_EPS)) if loss == 'cross-entropy' else yhat
+        pos = (-pt.log(d + LOG_EPS)) if loss == 'cross-entropy' else d
+        if smoothing:
+            s = np.float32(smoothing)
+            return pt.sum((1 - s * k / (k - 1)) * pos + (s / (k - 1)) * nll.sum(axis=1))
+        return pt.sum(pos)
+    if loss == 'bpr':
+        return pt.sum(-pt.log(pt.sigmoid(d[:, None] - yhat)))
+    if loss == 'bpr-max':
+        s = _softmax_neg(yhat)
+        return pt.sum(-pt.log((pt.sigmoid(d[:, None] - yhat) * s).sum(axis=1) + LOG_EPS)
+                      + np.float32(bpreg) * (yhat ** 2 * s).sum(axis=1))
+    if loss == 'top1':
+        return pt.sum(pt.mean(pt.sigmoid(yhat - d[:, None]) + pt.sigmoid(yhat ** 2), axis=1) - pt.sigmoid(d ** 2) / k)
+    if loss == 'top1-max':
+        s = _softmax_neg(yhat)
+        return pt.sum(s * (pt.sigmoid(yhat - d[:, None]) + pt.sigmoid(yhat ** 2)))
+    raise GRU4RecError(f'Invalid value for parameter loss: {loss!r}')
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Session-parallel mini-batches
+# ---------------------------------------------------------------------------------------------
+
+def session_parallel_batches(items, offsets, order, batch_size, min_active=1):
+    """Yield (inp, out, reset, keep) for each step of one pass over the sessions.
+
+    items: item index per event (events of a session contiguous, in time order); offsets: session k owns
+    events offsets[k]..offsets[k+1]-1; order: session processing order. Each slot holds one session; when
+    a session runs out, its slot takes the next session in `order`; when none is left the slot is dropped
+    and the batch shrinks. inp/out: item indices of the M active slots; reset[s]: out[s] is its session's
+    last event (the slot's hidden state must be zeroed after this step); keep: None, or the indices of the
+    rows of the previous step's hidden state that are still active (slots were dropped before this step).
+    The pass stops when fewer than `min_active` slots are left."""
+    n_sessions = len(order)
+    n = min(batch_size, n_sessions)
+    if n == 0:
+        return
+    slot_pos = np.arange(n)
+    maxpos = n - 1
+    start = offsets[order[slot_pos]].astype(np.int64)
+    end = offsets[order[slot_pos] + 1].astype(np.int64)
+    keep = None
+    while True:
+        minlen = int((end - start).min())
+        out = items[start]
+        for k in range(minlen - 1):
+            inp = out
+            out = items[start + k + 1]
+            yield inp, out, (start + k + 2 == end), keep
+            keep = None
+        start += minlen - 1
+        finished = np.flatnonzero(end - start <= 1)
+        slot_pos[finished] = maxpos + 1 + np.arange(len(finished))
+        maxpos += len(finished)
+        valid = slot_pos < n_sessions
+        n_valid = int(valid.sum())
+        if n_valid == 0 or n_valid < min_active:
+            return
+        refill = finished[valid[finished]]
+        sess = order[slot_pos[refill]]
+        start[refill] = offsets[sess]
+        end[refill] = offsets[sess + 1]
+        if n_valid < len(valid):
+            alive = np.flatnonzero(valid)
+            keep = alive if keep is None else keep[alive]
+            slot_pos, start, end = slot_pos[alive], start[alive], end[alive]
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The model
+# ---------------------------------------------------------------------------------------------
+
+class GRU4Rec:
+    """GRU4Rec: a recurrent next-item recommender trained with session-parallel mini-batches.
+
+    Parameters (defaults are the original's code defaults)
+    ----------
+    loss : 'bpr-max' | 'cross-entropy' | 'xe_logit' | 'bpr' | 'top1' | 'top1-max'. Default 'bpr-max'.
+    final_act : activation of the scores: 'linear' (default), 'relu', 'tanh', 'leaky-X', 'elu-X', 'selu-X-Y',
+        'softmax' (use with cross-entropy), 'softmax_logit' (use with xe_logit).
+    hidden_act : activation of the GRU candidate state: 'tanh' (default), 'relu', 'linear', 'leaky-X', 'elu-X', 'selu-X-Y'.
+    layers : units per GRU layer, e.g. [100] (default) or [100, 100]; the string '100/100' is accepted.
+    n_epochs : training epochs (10). batch_size : parallel session slots, also the cost divisor (32).
+    dropout_p_hidden : dropout on each GRU layer's output, which is also the carried state (0.0).
+    dropout_p_embed : dropout on the input embedding, separate/shared embedding modes only (0.0).
+    learning_rate : 0.1 (forced to 1.0 with adadelta). momentum : classical (heavy-ball) momentum (0.0).
+    lmbd : L2 weight decay, applied outside the adaptive scaling (0.0).
+    embedding : 0 = one-hot input (default); N > 0 = separate input embedding of size N; 'layersize' = layers[0].
+    n_sample : shared negative samples per minibatch besides the in-batch targets (2048).
+    sample_alpha : negatives are drawn with probability ~ support ** sample_alpha (0.75).
+    smoothing : label smoothing for cross-entropy/xe_logit (0.0).
+    constrained_embedding : the output item matrix is also the input embedding (False).
+    adapt : 'adagrad' (default), 'rmsprop', 'adadelta', 'adam' (textbook Adam), 'adam_legacy'
+        (the original's variant, see README), 'sgd' (also None).
+    adapt_params : decay rates; [] uses rmsprop [0.9], adadelta [0.95], adam [0.9, 0.999].
+    grad_cap : if > 0, rescale all gradients when their global norm reaches it (0.0).
+    bpreg : score regularisation of bpr-max (1.0). logq : logQ correction strength, any loss (0.0).
+    sigma : init width; 0 = sqrt(6 / (fan_in + fan_out)) per block (0.0). init_as_normal : N(0, sigma) init (False).
+    train_random_order : shuffle sessions every epoch (False). time_sort : sessions by start time (True).
+    session_key, item_key, time_key : column names ('SessionId', 'ItemId', 'Time').
+    seed : seeds weight init, negative sampling, dropout and shuffling at every fit (42).
+    backend : 'numba' (CPU default), 'jax' or 'python' (slow reference, fast to compile); None = 'numba'.
+    """
+
+    def __init__(self, loss='bpr-max', final_act='linear', hidden_act='tanh', layers=(100,), n_epochs=10,
+                 batch_size=32, dropout_p_hidden=0.0, dropout_p_embed=0.0, learning_rate=0.1, momentum=0.0,
+                 lmbd=0.0, embedding=0, n_sample=2048, sample_alpha=0.75, smoothing=0.0,
+                 constrained_embedding=False, adapt='adagrad', adapt_params=(), grad_cap=0.0, bpreg=1.0,
+                 logq=0.0, sigma=0.0, init_as_normal=False, train_random_order=False, time_sort=True,
+                 session_key='SessionId', item_key='ItemId', time_key='Time', seed=42, backend=None):
+        values = dict(locals())
+        for name in DEFAULTS:
+            setattr(self, name, _coerce(name, values[name], DEFAULTS[name]))
+        self._check()
+        self.error_during_train = False
+        self._predict_fns = {}
+        self._pred_state = None
+
+    # --- parameters ------------------------------------------------------------------------
+    def get_params(self, deep=True):
+        """The constructor parameters as a dict (scikit-learn style)."""
+        return OrderedDict((name, list(v) if isinstance(v := getattr(self, name), list) else v) for name in DEFAULTS)
+
+    def set_params(self, **kvargs):
+        """Set parameters; string values are coerced to the parameter's type (lists with '/', booleans
+        True/False/1/0, embedding='layersize'). Prints one 'SET ...' line per parameter like the original.
+        Nothing changes if any value is invalid. Returns self."""
+        if not kvargs:
+            return self
+        for k in kvargs:
+            if k not in DEFAULTS:
+                raise GRU4RecError(f'Unknown parameter: {k} (valid parameters: {", ".join(DEFAULTS)})')
+        new = self.get_params()
+        for k, v in kvargs.items():
+            new[k] = _coerce(k, v, new[k])
+        if new['embedding'] == 'layersize':
+            new['embedding'] = new['layers'][0]
+        _validate(new)
+        maxk = max(len(k) for k in kvargs)
+        maxv = max(len(str(v)) for v in kvargs.values())
+        for k in kvargs:
+            setattr(self, k, new[k])
+            self._print_set(k, new[k], maxk, maxv)
+        if kvargs.get('embedding') == 'layersize' or str(kvargs.get('embedding')).strip() == 'layersize':
+            self._print_set('embedding', self.embedding, maxk, maxv)
+        self._predict_fns = {}
+        return self
+
+    @staticmethod
+    def _print_set(k, v, maxk, maxv):
+        print('SET   ' + k + ' ' * (maxk - len(k) + 3) + 'TO   ' + str(v) + ' ' * (maxv - len(str(v)) + 3)
+              + '(type: ' + str(type(v)) + ')')
+
+    def _check(self):
+        if self.embedding == 'layersize':
+            self.embedding = self.layers[0]
+        _validate(self.get_params())
+
+    @property
+    def adapt_params_(self):
+        """adapt_params with the per-optimiser defaults filled in."""
+        return list(self.adapt_params) or list(DEFAULT_ADAPT_PARAMS.get(self.adapt, []))
+
+    @property
+    def embedding_mode(self):
+        return 'shared' if self.constrained_embedding else ('separate' if self.embedding else 'onehot')
+
+    # --- data preparation ----------------------------------------------------------------
+    def _training_frame(self, data):
+        """A checked copy of the three key columns (the caller's frame is never modified)."""
+        if not isinstance(data, pd.DataFrame):
+            raise GRU4RecError(f'fit expects a pandas DataFrame, got {type(data).__name__}')
+        keys = [self.session_key, self.item_key, self.time_key]
+        missing = [k for k in keys if k not in data.columns]
+        if missing:
+            raise GRU4RecError(f'Missing column(s) {", ".join(missing)} in the training data '
+                               f'(columns found: {", ".join(map(str, data.columns))})')
+        data = data[keys].copy()
+        for k in (self.session_key, self.time_key):
+            data[k] = _numeric_column(data[k], k, 'training')
+        if data[self.item_key].isna().any():
+            raise GRU4RecError(f'Column {self.item_key} of the training data has missing item IDs')
+        return data
+
+    def _sort_and_index(self, data):
+        """Sort by (session, time) if needed (printing like the original); return items, offsets, times."""
+        sk, tk = self.session_key, self.time_key
+        s = data[sk].values
+        t = data[tk].values
+        s_ok = len(s) < 2 or bool(np.all(s[1:] >= s[:-1]))
+        t_ok = s_ok and (len(s) < 2 or bool(np.all((t[1:] >= t[:-1]) | (s[1:] != s[:-1]))))
+        if s_ok and t_ok:
+            print(f'The dataframe is already sorted by {sk}, {tk}')
+        else:
+            print(f'The dataframe is not sorted by {sk if not s_ok else tk}, sorting now')
+            t0 = time.time()
+            data = data.sort_values([sk, tk], kind='stable')
+            print(f'Data is sorted in {time.time() - t0:.2f}')
+        items = self.itemidmap_index.get_indexer(data[self.item_key]).astype(np.int32)
+        sess = data[sk].values
+        starts = np.flatnonzero(np.r_[True, sess[1:] != sess[:-1]])
+        offsets = np.r_[starts, len(sess)].astype(np.int64)
+        return items, offsets, data[tk].values
+
+    # --- weights ---------------------------------------------------------------------------
+    def _init_matrix(self, rng, rows, cols):
+        sigma = self.sigma if self.sigma != 0 else np.sqrt(6.0 / (rows + cols))
+        if self.init_as_normal:
+            return (rng.randn(rows, cols) * sigma).astype(FLOAT)
+        return (rng.rand(rows, cols) * sigma * 2 - sigma).astype(FLOAT)
+
+    def _init_weights(self, rng):
+        """Initial weights as numpy arrays, in the original's draw order (so seed 42 gives its numbers)."""
+        n, w = self.n_items, OrderedDict()
+        if self.embedding_mode == 'separate':
+            w['E'] = self._init_matrix(rng, n, self.embedding)
+        for i, units in enumerate(self.layers):
+            fan_in = self.layers[i - 1] if i > 0 else {'onehot': n, 'separate': self.embedding,
+                                                       'shared': self.layers[-1]}[self.embedding_mode]
+            w[f'Wx{i}'] = np.hstack([self._init_matrix(rng, fan_in, units) for _ in range(3)])
+            w[f'Wh{i}'] = self._init_matrix(rng, units, units)
+            w[f'Wrz{i}'] = np.hstack([self._init_matrix(rng, units, units) for _ in range(2)])
+            w[f'Bh{i}'] = np.zeros(3 * units, dtype=FLOAT)
+        w['Wy'] = self._init_matrix(rng, n, self.layers[-1])
+        w['By'] = np.zeros((n, 1), dtype=FLOAT)
+        return w
+
+    def _set_weights(self, arrays):
+        # By is N x 1; its static shape lets By[Y].T broadcast over the rows of the score matrix.
+        self.weights = OrderedDict((k, pytensor.shared(np.asarray(v, dtype=FLOAT), name=k,
+                                                       shape=(None, 1) if k == 'By' else None))
+                                   for k, v in arrays.items())
+
+    def get_weights(self):
+        """The model weights as a dict of numpy arrays (copies)."""
+        return OrderedDict((k, v.get_value()) for k, v in self.weights.items())
+
+    # --- model graph -----------------------------------------------------------------------
+    def _layers_forward(self, first_input, H, srng, drop_p_hidden, drop_p_embed, onehot_rows=None):
+        """GRU stack for one step. first_input: embedding rows (M x F) or, in one-hot mode, None with
+        onehot_rows = Wx0[X] (M x 3L_0). H: list of M x L_i states. Returns the list of new states."""
+        w, out = self.weights, []
+        x = first_input
+        if x is not None and drop_p_embed > 0:
+            x = _dropout(x, drop_p_embed, srng)
+        for i, units in enumerate(self.layers):
+            h = H[i]
+            a = (onehot_rows if i == 0 and onehot_rows is not None else pt.dot(x, w[f'Wx{i}'])) + w[f'Bh{i}']
+            rz = pt.sigmoid(a[:, units:] + pt.dot(h, w[f'Wrz{i}']))
+            r, z = rz[:, :units], rz[:, units:]
+            h_cand = self._hidden_act((r * h).dot(w[f'Wh{i}']) + a[:, :units])
+            h = (1 - z) * h + z * h_cand
+            if drop_p_hidden > 0:
+                h = _dropout(h, drop_p_hidden, srng)
+            out.append(h)
+            x = h
+        return out
+
+    @property
+    def _hidden_act(self):
+        return parse_activation(self.hidden_act, final=False)
+
+    @property
+    def _final_act(self):
+        return parse_activation(self.final_act, final=True)
+
+    def _train_graph(self, srng):
+        """Symbolic training step. Returns (inputs, cost, new_states, dense_params, sparse) where sparse is a
+        list of (shared weight, index vector, gathered rows) whose gradient is taken w.r.t. the rows."""
+        w = self.weights
+        X, Y = pt.ivector('X'), pt.ivector('Y')          # X: M inputs; Y: M targets + n_sample negatives
+        R = pt.fvector('R')                               # 1.0 where the target ends its session
+        H = [pt.fmatrix(f'H{i}') for i in range(len(self.layers))]
+        M = X.shape[0]
+        dense = [w[f'{n}{i}'] for i in range(len(self.layers)) for n in ('Wx', 'Wh', 'Wrz', 'Bh')]
+        sparse, onehot_rows, emb = [], None, None
+        if self.embedding_mode == 'shared':
+            idx = pt.concatenate([X, Y])
+            rows = w['Wy'][idx]                            # (M + K) x L
+            sparse.append((w['Wy'], idx, rows))
+            emb, Wy_rows = rows[:M], rows[M:]
+        else:
+            if self.embedding_mode == 'onehot':
+                dense.remove(w['Wx0'])
+                onehot_rows = w['Wx0'][X]                  # M x 3L_0
+                sparse.append((w['Wx0'], X, onehot_rows))
+            else:
+                emb = w['E'][X]                            # M x embedding
+                sparse.append((w['E'], X, emb))
+            Wy_rows = w['Wy'][Y]                           # K x L
+            sparse.append((w['Wy'], Y, Wy_rows))
+        By_rows = w['By'][Y]                               # K x 1
+        sparse.append((w['By'], Y, By_rows))
+        new_H = self._layers_forward(emb, H, srng, self.dropout_p_hidden, self.dropout_p_embed, onehot_rows)
+        scores = pt.dot(new_H[-1], Wy_rows.T) + By_rows.T  # M x K
+        if self.logq:
+            logq = pt.log(pt.concatenate([self._P0[Y[:M]], self._P0[Y[M:]] ** np.float32(self.sample_alpha)]))
+            scores = scores - np.float32(self.logq) * logq
+        yhat = self._final_act(scores)
+        cost = loss_sum(self.loss, yhat, self.smoothing, self.bpreg) / np.float32(self.batch_size)
+        reset_H = [h * (1 - R)[:, None] for h in new_H]
+        return [X, Y, R] + H, cost, reset_H, dense, sparse
+
+    # --- optimisers ------------------------------------------------------------------------
+    def _updates(self, cost, dense, sparse):
+        """Parameter and optimiser-state updates (see README: optimisers and repeated items)."""
+        lr = np.float32(1.0 if self.adapt == 'adadelta' else self.learning_rate)
+        mu, lmbd = np.float32(self.momentum), np.float32(self.lmbd)
+        grads = pytensor.grad(cost, dense + [rows for _, _, rows in sparse])
+        if self.grad_cap > 0:
+            norm = pt.sqrt(sum(pt.sum(g ** 2) for g in grads))
+            cap = np.float32(self.grad_cap)
+            grads = [pt.switch(norm >= cap, g * cap / norm, g) for g in grads]
+        updates = OrderedDict()
+        for p, g in zip(dense, grads[:len(dense)]):
+            ghat = self._adapt_dense(p, g, updates)
+            if mu > 0:
+                v = _state_like(p)
+                v_new = mu * v - lr * (ghat + lmbd * p)
+                updates[v] = v_new
+                updates[p] = p + v_new
+            else:
+                updates[p] = p * (1 - lr * lmbd) - lr * ghat
+        # Item-indexed weights: the same item can occur several times in one step. Weight increments add
+        # up per occurrence; optimiser states that are *set* keep one occurrence (the last).
+        for (p, idx, rows), g in zip(sparse, grads[len(dense):]):
+            if self.adapt == 'adam':
+                idx, g, rows = _sum_repeated_rows(p, idx, g)
+            ghat = self._adapt_rows(p, idx, g, updates)
+            delta = lr * (ghat + lmbd * rows) if lmbd > 0 else lr * ghat
+            if mu > 0:
+                v = _state_like(p)
+                v_occ = mu * v[idx] - delta
+                updates[v] = pt.set_subtensor(v[idx], v_occ)
+                updates[p] = pt.inc_subtensor(p[idx], v_occ)
+            else:
+                updates[p] = pt.inc_subtensor(p[idx], -delta)
+        return updates
+
+    def _adapt_dense(self, p, g, updates):
+        a = self.adapt_params_
+        if self.adapt == 'adagrad':
+            acc = _state_like(p)
+            updates[acc] = acc + g ** 2
+            return g / pt.sqrt(updates[acc] + EPS)
+        if self.adapt == 'rmsprop':
+            rho = np.float32(a[0])
+            acc = _state_like(p)
+            updates[acc] = rho * acc + (1 - rho) * g ** 2
+            return g / pt.sqrt(updates[acc] + EPS)
+        if self.adapt == 'adadelta':
+            rho = np.float32(a[0])
+            acc, upd = _state_like(p), _state_like(p)
+            updates[acc] = rho * acc + (1 - rho) * g ** 2
+            c = (upd + EPS) / (updates[acc] + EPS)
+            updates[upd] = rho * upd + (1 - rho) * c * g ** 2
+            return g * pt.sqrt(c)
+        if self.adapt in ('adam', 'adam_legacy'):
+            b1, b2 = np.float32(a[0]), np.float32(a[1])
+            v, m, t = _state_like(p), _state_like(p), _state_like(p)
+            updates[v] = b2 * v + (1 - b2) * g ** 2
+            updates[m] = b1 * m + (1 - b1) * g
+            updates[t] = t + 1
+            if self.adapt == 'adam_legacy':  # the original: second moment corrected with beta1
+                return (updates[m] / (1 - b1 ** updates[t])) / (pt.sqrt(updates[v] / (1 - b1 ** updates[t])) + EPS)
+            return (updates[m] / (1 - b1 ** updates[t])) / (pt.sqrt(updates[v] / (1 - b2 ** updates[t])) + EPS)
+        return g
+
+    def _adapt_rows(self, p, idx, g, updates):
+        """Adaptive transform of per-occurrence row gradients g (len(idx) x d) of weight p."""
+        a = self.adapt_params_
+        if self.adapt == 'adagrad':
+            acc = _state_like(p)
+            acc_rows = acc[idx] + g ** 2
+            updates[acc] = pt.set_subtensor(acc[idx], acc_rows)
+            return g / pt.sqrt(acc_rows + EPS)
+        if self.adapt in ('rmsprop', 'adadelta', 'adam_legacy'):
+            rho = np.float32(a[1] if self.adapt == 'adam_legacy' else a[0])
+            acc = _state_like(p)
+            acc_new = _decay_then_accumulate(acc, idx, rho, (1 - rho) * g ** 2)
+            updates[acc] = acc_new
+            if self.adapt == 'rmsprop':
+                return g / pt.sqrt(acc_new[idx] + EPS)
+            if self.adapt == 'adadelta':
+                upd = _state_like(p)
+                c = (upd[idx] + EPS) / (acc_new[idx] + EPS)
+                updates[upd] = _decay_then_accumulate(upd, idx, rho, (1 - rho) * c * g ** 2)
+                return g * pt.sqrt(c)
+            b1 = np.float32(a[0])  # adam_legacy: the first moment accumulates g**2, as in the original
+            m, t = _state_like(p), _state_like(p)
+            m_new = _decay_then_accumulate(m, idx, b1, (1 - b1) * g ** 2)
+            t_rows = t[idx] + 1
+            updates[m], updates[t] = m_new, pt.set_subtensor(t[idx], t_rows)
+            corr = 1 - b1 ** t_rows
+            return (m_new[idx] / corr) / (pt.sqrt(acc_new[idx] / corr) + EPS)
+        if self.adapt == 'adam':  # idx is duplicate-free here (see _sum_repeated_rows)
+            b1, b2 = np.float32(a[0]), np.float32(a[1])
+            v, m, t = _state_like(p), _state_like(p), _state_like(p)
+            t_rows, m_rows = t[idx] + 1, b1 * m[idx] + (1 - b1) * g
+            v_rows = b2 * v[idx] + (1 - b2) * g ** 2
+            for state, rows in ((t, t_rows), (m, m_rows), (v, v_rows)):
+                updates[state] = pt.set_subtensor(state[idx], rows)
+            return (m_rows / (1 - b1 ** t_rows)) / (pt.sqrt(v_rows / (1 - b2 ** t_rows)) + EPS)
+        return g
+
+    # --- training ----------------------------------------------------------------------------
+    def fit(self, data, sample_store=10000000, store_type='gpu'):
+        """Train on a DataFrame with session, item and time columns (the frame is not modified).
+
+        sample_store: how many negative-sample item indices to precompute at once (0 = draw per step).
+        store_type: 'gpu' or 'cpu'; both are generated with numpy on the host in this version (identical
+        distribution). Returns self. A NaN or infinite loss stops training with a printed message naming
+        the epoch and step; error_during_train is then True and the model refuses to predict or save."""
+        if store_type not in ('gpu', 'cpu'):
+            raise GRU4RecError(f'Invalid store type {store_type} (use gpu or cpu)')
+        sample_store = _to_int_arg(sample_store, 'sample_store')
+        data = self._training_frame(data)
+        self._check()
+        self._predict_fns, self._pred_state = {}, None
+        self.error_during_train = False
+        self.error_epoch = None
+        itemids = data[self.item_key].unique()
+        self.itemidmap = pd.Series(np.arange(len(itemids), dtype=np.int32), index=itemids, name='ItemIdx')
+        self.n_items = len(itemids)
+        items, offsets, times = self._sort_and_index(data)
+        if len(offsets) - 1 < 1 or np.all(np.diff(offsets) < 2):
+            raise GRU4RecError('The training data has no session with at least 2 events')
+        rng = np.random.RandomState(self.seed)
+        self._setup(np.bincount(items, minlength=self.n_items), rng)
+        sampler = NegativeSampler(self.item_support, self.sample_alpha, self.n_sample, sample_store, rng,
+                                  'GPU' if store_type == 'gpu' else 'CPU') if self.n_sample > 0 else None
+        train_fn = self._compile_train()
+        base_order = np.argsort(times[offsets[:-1]]) if self.time_sort else np.arange(len(offsets) - 1)
+        for epoch in range(self.n_epochs):
+            t0 = time.time()
+            order = rng.permutation(len(offsets) - 1) if self.train_random_order else base_order
+            H = [np.zeros((min(self.batch_size, len(order)), u), dtype=FLOAT) for u in self.layers]
+            sum_cost, n_events, n_steps = 0.0, 0, 0
+            for inp, out, reset, keep in session_parallel_batches(items, offsets, order, self.batch_size,
+                                                                  min_active=2 if self.n_sample == 0 else 1):
+                if keep is not None:
+                    H = [h[keep] for h in H]
+                y = out if sampler is None else np.concatenate([out, sampler.next()])
+                cost, *H = train_fn(inp, y, reset.astype(FLOAT), *H)
+                m = len(inp)
+                sum_cost += float(cost) * m
+                n_events += m
+                n_steps += 1
+                if not math.isfinite(float(cost)):
+                    return self._diverged(epoch, n_steps)
+            secs = time.time() - t0
+            avg = sum_cost / max(n_events, 1)
+            if math.isnan(avg):
+                return self._diverged(epoch, n_steps)
+            print(f'Epoch{epoch + 1} --> loss: {avg:.6f} \t({secs:.2f}s) \t'
+                  f'[{n_steps / secs:.2f} mb/s | {n_events / secs:.0f} e/s]')
+        return self
+
+    def _setup(self, item_support, rng):
+        """Fresh weights (drawn from rng) and the item support used by logQ and sampling."""
+        self.n_items = len(item_support)
+        self.item_support = np.asarray(item_support, dtype=np.int64)
+        self._set_weights(self._init_weights(rng))
+        self._P0 = pytensor.shared(self.item_support.astype(FLOAT), name='P0')
+
+    def _diverged(self, epoch, step):
+        print(f'Epoch {epoch + 1}: NaN error! (step {step}); training stopped')
+        self.error_during_train = True
+        self.error_epoch = epoch + 1
+        return self
+
+    def _compile_train(self):
+        srng = RandomChain(self.seed)
+        inputs, cost, new_H, dense, sparse = self._train_graph(srng)
+        updates = self._updates(cost, dense, sparse)
+        updates.update(srng.updates)
+        fn = pytensor.function(inputs, [cost] + new_H, updates=list(updates.items()),
+                               mode=custom_opt.compile_mode(self.backend))
+        fn.trust_input = True
+        return fn
+
+    # --- prediction --------------------------------------------------------------------------
+    def _require_trained(self):
+        if not hasattr(self, 'weights'):
+            raise GRU4RecError('The model is not trained: call fit() or loadmodel() first')
+        if self.error_during_train:
+            raise GRU4RecError(f'Training stopped with a NaN loss in epoch {self.error_epoch}; the model cannot predict')
+
+    def _predict_scores_graph(self, X, H, C=None):
+        """Prediction-mode step (no dropout, no reset, no logQ). Returns (activated scores, new states).
+        Scores are M x N over all items, or M x len(C) over the item indices C."""
+        w = self.weights
+        if self.embedding_mode == 'shared':
+            new_H = self._layers_forward(w['Wy'][X], H, None, 0, 0)
+        elif self.embedding_mode == 'separate':
+            new_H = self._layers_forward(w['E'][X], H, None, 0, 0)
+        else:
+            new_H = self._layers_forward(None, H, None, 0, 0, onehot_rows=w['Wx0'][X])
+        Wy, By = (w['Wy'], w['By']) if C is None else (w['Wy'][C], w['By'][C])
+        scores = pt.dot(new_H[-1], Wy.T) + By.T
+        act = _softmax if self.final_act == 'softmax_logit' else self._final_act
+        return act(scores), new_H
+
+    def _compiled(self, key, build):
+        if key not in self._predict_fns:
+            self._predict_fns[key] = build()
+        return self._predict_fns[key]
+
+    def rank_function(self, with_candidates=False, tiebreak=False):
+        """Compiled step for evaluation: f(X, Y, R, [C], *H) -> (n_greater, n_equal, *new_H).
+        n_greater/n_equal count the candidates (all items, or the indices C) scoring above/equal to the
+        target Y of each row; rows with R = 1 get a zero state afterwards."""
+        def build():
+            X, Y, R = pt.ivector('X'), pt.ivector('Y'), pt.fvector('R')
+            H = [pt.fmatrix(f'H{i}') for i in range(len(self.layers))]
+            C = pt.ivector('C') if with_candidates else None
+            srng = RandomChain(self.seed)
+            if C is None:
+                scores, new_H = self._predict_scores_graph(X, H)
+                if tiebreak:
+                    scores = scores + srng.uniform(scores.shape) * np.float32(1e-10)
+                target = scores[pt.arange(Y.shape[0]), Y][:, None]
+                cand = scores
+            else:
+                scores, new_H = self._predict_scores_graph(X, H, pt.concatenate([Y, C]))
+                if tiebreak:
+                    scores = scores + srng.uniform(scores.shape) * np.float32(1e-10)
+                target = _diag(scores)[:, None]
+                cand = scores[:, Y.shape[0]:]
+            outs = [pt.sum(pt.gt(cand, target), axis=1, dtype='int64'), pt.sum(pt.eq(cand, target), axis=1, dtype='int64')]
+            outs += [h * (1 - R)[:, None] for h in new_H]
+            inputs = [X, Y, R] + ([C] if with_candidates else []) + H
+            fn = pytensor.function(inputs, outs, updates=srng.updates,
+                                   mode=custom_opt.compile_mode(self.backend))
+            fn.trust_input = True
+            return fn
+        return self._compiled(('rank', with_candidates, tiebreak), build)
+
+    def predict_next_batch(self, session_ids, input_item_ids, predict_for_item_ids=None, batch=100):
+        """Score the next item for `batch` parallel session slots, keeping each slot's hidden state.
+
+        session_ids / input_item_ids: one entry per slot (length `batch`). A slot whose session ID differs
+        from the previous call starts from a zero state. Returns a DataFrame of activated scores (softmax
+        for softmax_logit): rows = all training items (or predict_for_item_ids), columns = slots 0..batch-1."""
+        self._require_trained()
+        session_ids = np.asarray(session_ids)
+        items = np.asarray(input_item_ids)
+        if len(session_ids) != batch or len(items) != batch:
+            raise GRU4RecError(f'session_ids and input_item_ids must have length batch={batch}')
+        idx = self.itemidmap_index.get_indexer(items)
+        if (idx < 0).any():
+            raise GRU4RecError(f'Unknown item ID(s) in input_item_ids: {list(items[idx < 0][:5])}')
+        cand = None
+        if predict_for_item_ids is not None:
+            cand = self.itemidmap_index.get_indexer(np.asarray(predict_for_item_ids))
+            if (cand < 0).any():
+                raise GRU4RecError('Unknown item ID(s) in predict_for_item_ids')
+        state = self._pred_state
+        if state is None or state['batch'] != batch:
+            state = self._pred_state = {'batch': batch, 'session': np.full(batch, -1, dtype=object),
+                                        'H': [np.zeros((batch, u), dtype=FLOAT) for u in self.layers]}
+        changed = session_ids != state['session']
+        for h in state['H']:
+            h[changed] = 0
+        state['session'] = session_ids.copy()
+
+        def build(with_c):
+            X = pt.ivector('X')
+            H = [pt.fmatrix(f'H{i}') for i in range(len(self.layers))]
+            C = pt.ivector('C') if with_c else None
+            scores, new_H = self._predict_scores_graph(X, H, C)
+            inputs = [X] + ([C] if with_c else []) + H
+            return pytensor.function(inputs, [scores] + new_H, mode=custom_opt.compile_mode(self.backend))
+        fn = self._compiled(('predict', cand is not None), lambda: build(cand is not None))
+        args = [idx.astype(np.int32)] + ([cand.astype(np.int32)] if cand is not None else []) + state['H']
+        scores, *state['H'] = fn(*args)
+        index = self.itemidmap.index if cand is None else pd.Index(np.asarray(predict_for_item_ids))
+        return pd.DataFrame(data=np.asarray(scores).T, index=index)
+
+    @property
+    def itemidmap_index(self):
+        return self.itemidmap.index
+
+    # --- persistence -----------------------------------------------------------------------
+    def savemodel(self, fname):
+        """Save the trained model (parameters, item map, weights) to `fname` atomically (temp file + rename).
+        The file is a pickle of plain data only (no classes), readable by loadmodel."""
+        self._require_trained()
+        state = {'format': MODEL_FORMAT, 'version': MODEL_VERSION, 'params': dict(self.get_params()),
+                 'item_ids': np.asarray(self.itemidmap.index), 'item_support': self.item_support,
+                 'weights': dict(self.get_weights())}
+        _atomic_write(fname, lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL))
+
+    @classmethod
+    def loadmodel(cls, fname, backend=None):
+        """Load a model saved by savemodel. Only plain data is unpickled (numpy arrays, builtins); files of
+        the original Theano GRU4Rec or other pickles are refused with a GRU4RecError."""
+        try:
+            with open(fname, 'rb') as f:
+                state = _DataUnpickler(f).load()
+        except OSError as e:
+            raise GRU4RecError(f'Cannot read model file {fname}: {e.strerror}') from None
+        except GRU4RecError:
+            raise
+        except Exception as e:
+            raise GRU4RecError(f'{fname} is not a GRU4Rec model file (or it is truncated): {type(e).__name__}') from None
+        if not isinstance(state, dict) or state.get('format') != MODEL_FORMAT:
+            raise GRU4RecError(f'{fname} is not a GRU4Rec model file of this implementation')
+        if state.get('version') != MODEL_VERSION:
+            raise GRU4RecError(f'{fname} has model format version {state.get("version")}; this version reads {MODEL_VERSION}')
+        params = dict(state['params'])
+        if backend is not None:
+            params['backend'] = backend
+        model = cls(**params)
+        ids = state['item_ids']
+        model.itemidmap = pd.Series(np.arange(len(ids), dtype=np.int32), index=ids, name='ItemIdx')
+        model.n_items = len(ids)
+        model.item_support = np.asarray(state['item_support'])
+        model._set_weights(state['weights'])
+        return model
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+class NegativeSampler:
+    """Shared negative samples: item indices drawn with probability ~ support ** alpha, served one row of
+    n_sample per step from a store of `store_size // n_sample` rows that is regenerated when used up."""
+
+    def __init__(self, support, alpha, n_sample, store_size, rng, kind='GPU'):
+        self.n_sample, self.rng, self.n_items = n_sample, rng, len(support)
+        weights = support.astype(np.float64) ** alpha
+        self.cdf = np.cumsum(weights) / weights.sum()
+        self.cdf[-1] = 1.0
+        self.uniform = alpha == 0
+        self.rows = store_size // n_sample
+        if self.rows <= 1:
+            print('No example store was used')
+            self.rows = 0
+        else:
+            self.store = self._draw(self.rows)
+            print(f'Created sample store with {self.rows} batches of samples (type={kind})')
+        self.pos = 0
+
+    def _draw(self, n_rows):
+        size = n_rows * self.n_sample
+        if self.uniform:
+            draw = self.rng.randint(self.n_items, size=size)
+        else:
+            draw = np.searchsorted(self.cdf, self.rng.rand(size))
+        return draw.astype(np.int32).reshape(n_rows, self.n_sample)
+
+    def next(self):
+        if self.rows == 0:
+            return self._draw(1)[0]
+        if self.pos == self.rows:
+            self.store = self._draw(self.rows)
+            self.pos = 0
+        self.pos += 1
+        return self.store[self.pos - 1]
+
+
+class RandomChain:
+    """A seeded shared random generator whose draws are chained within one graph; `updates` advances it."""
+
+    def __init__(self, seed):
+        self.shared = pt.random.shared_rng(seed=seed, name='rng')
+        self.current = self.shared
+
+    def uniform(self, shape):
+        self.current, u = self.current.uniform(size=shape, dtype=FLOAT)
+        return u
+
+    @property
+    def updates(self):
+        return [(self.shared, self.current)] if self.current is not self.shared else []
+
+
+def _dropout(x, p, srng):
+    keep = np.float32(1 - p)
+    return x * (srng.uniform(x.shape) < keep).astype(FLOAT) / keep
+
+
+def _state_like(p):
+    """A zero optimiser-state tensor with the shape of weight p."""
+    return pytensor.shared(np.zeros_like(p.get_value()), name=f'{p.name}_state')
+
+
+def _sum_repeated_rows(p, idx, g):
+    """Textbook (lazy) Adam steps each distinct row once with its full gradient: sum the gradients of
+    repeated occurrences. Returns (distinct indices, summed gradients, current rows)."""
+    uniq, inv = pt.unique(idx, return_inverse=True)
+    g_sum = pt.inc_subtensor(pt.zeros((uniq.shape[0], g.shape[1]), dtype=FLOAT)[inv], g)
+    return uniq, g_sum, p[uniq]
+
+
+def _decay_then_accumulate(acc, idx, rho, inc):
+    """Rows idx of acc scaled once by rho, then inc accumulated per occurrence."""
+    return pt.inc_subtensor(pt.set_subtensor(acc[idx], rho * acc[idx])[idx], inc)
+
+
+def _numeric_column(col, name, what):
+    if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+        conv = pd.to_numeric(col, errors='coerce')
+        if conv.isna().any():
+            bad = col[conv.isna()].iloc[0]
+            raise GRU4RecError(f'Column {name} of the {what} data must be numeric (found {bad!r})')
+        col = conv
+    if col.isna().any():
+        raise GRU4RecError(f'Column {name} of the {what} data has missing values')
+    if col.dtype.kind == 'f' and not np.isfinite(col.values).all():
+        raise GRU4RecError(f'Column {name} of the {what} data has infinite values')
+    return col
+
+
+def _to_int_arg(value, name):
+    try:
+        v = _to_int(value)
+    except (TypeError, ValueError):
+        raise GRU4RecError(f'{name} must be an integer, got {value!r}') from None
+    if v < 0:
+        raise GRU4RecError(f'{name} must be >= 0, got {v}')
+    return v
+
+
+def _atomic_write(fname, write):
+    """Write through a temporary file in the target folder, then rename: the target is never half-written."""
+    folder = os.path.dirname(os.path.abspath(fname))
+    fd, tmp = tempfile.mkstemp(prefix='.tmp-', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, fname)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, pandas-free plain data and builtins only; refuses any other class."""
+    ALLOWED = {('numpy', 'ndarray'), ('numpy', 'dtype'), ('numpy.core.multiarray', '_reconstruct'),
+               ('numpy._core.multiarray', '_reconstruct'), ('numpy.core.multiarray', 'scalar'),
+               ('numpy._core.multiarray', 'scalar'), ('numpy.core.numeric', '_frombuffer'),
+               ('numpy._core.numeric', '_frombuffer'), ('collections', 'OrderedDict'),
+               ('builtins', 'slice'), ('builtins', 'complex')}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        if module.split('.')[0] in ('theano', 'gru4rec', 'custom_theano_ops', 'pygpu', 'lasagne'):
+            raise GRU4RecError('This looks like a model pickled by the original Theano GRU4Rec; it cannot be '
+                               'loaded here (retrain with this implementation)')
+        raise GRU4RecError(f'Refusing to load {module}.{name} from a model file: it is not plain data')

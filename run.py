@@ -1,0 +1,367 @@
+"""Command line for GRU4Rec: train (or load) a model, optionally save it, evaluate on test files.
+
+    python run.py TRAIN -t TEST [TEST ...] -m 1 5 10 20 -ps loss=bpr-max,final_act=elu-0.5,layers=100
+    python run.py TRAIN -t TEST -pf param_samples/rsc15_bpr-max.py -s model.pickle
+    python run.py model.pickle -l -t TEST -e conservative
+
+Configuration (PyTensor flags plus our own `device` and `backend`) comes from, in increasing priority:
+the flags file `.theanorc_gru4rec` beside this script, the environment (THEANO_FLAGS, then PYTENSOR_FLAGS),
+and the command line (-d/--device, --backend). It is applied before PyTensor is imported.
+Bad input ends with one line on stderr starting with 'ERROR.' and exit code 2.
+"""
+import argparse
+import configparser
+import importlib
+import importlib.util
+import os
+import shutil
+import sys
+import time
+from collections import OrderedDict
+
+FLAGS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), '.theanorc_gru4rec')
+OWN_FLAGS = ('device', 'backend', 'blas_threads')
+EXIT_BAD_INPUT, EXIT_TRAINING_FAILED = 2, 1
+
+
+class InputError(Exception):
+    """A user error the CLI reports as one 'ERROR.' line."""
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+def parse_flag_string(text):
+    """'a=1,b=2' -> {'a': '1', 'b': '2'} (THEANO_FLAGS / PYTENSOR_FLAGS syntax)."""
+    flags = OrderedDict()
+    for part in filter(None, (p.strip() for p in (text or '').split(','))):
+        if '=' not in part:
+            raise InputError(f'Invalid flag "{part}" (expected name=value)')
+        k, v = part.split('=', 1)
+        flags[k.strip()] = v.strip()
+    return flags
+
+
+def read_flags_file(path):
+    """Flags of an INI file with a [global] section (other sections become section__name keys)."""
+    flags = OrderedDict()
+    if not os.path.isfile(path):
+        return flags
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.optionxform = str
+    try:
+        cp.read(path)
+    except configparser.Error as e:
+        raise InputError(f'Cannot parse the flags file {path}: {e}') from None
+    for section in cp.sections():
+        for k, v in cp.items(section):
+            flags[k if section == 'global' else f'{section}__{k}'] = v
+    return flags
+
+
+def resolve_config(cli_device=None, cli_backend=None, environ=os.environ, flags_file=FLAGS_FILE):
+    """Merge file < THEANO_FLAGS < PYTENSOR_FLAGS < command line. Returns (own flags, PyTensor flags)."""
+    flags = read_flags_file(flags_file)
+    flags.update(parse_flag_string(environ.get('THEANO_FLAGS')))
+    flags.update(parse_flag_string(environ.get('PYTENSOR_FLAGS')))
+    if cli_device is not None:
+        flags['device'] = cli_device
+        if cli_backend is None:  # the device's own backend, not one configured for another device
+            flags.pop('backend', None)
+    if cli_backend is not None:
+        flags['backend'] = cli_backend
+    own = {k: flags.pop(k) for k in OWN_FLAGS if k in flags}
+    device = own.get('device', 'cpu').strip().lower()
+    if device != 'cpu' and not device.startswith(('cuda', 'gpu')):
+        raise InputError(f'Unknown device "{device}" (use cpu or cuda[:N])')
+    own['device'] = device
+    own.setdefault('backend', 'numba' if device == 'cpu' else 'jax')
+    return own, flags
+
+
+def apply_config(own, pytensor_flags, environ=os.environ):
+    """Set the environment of this process before numpy/PyTensor are imported."""
+    environ['PYTENSOR_FLAGS'] = ','.join(f'{k}={v}' for k, v in pytensor_flags.items())
+    threads = own.get('blas_threads')
+    if threads:
+        for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'NUMBA_NUM_THREADS'):
+            environ.setdefault(var, str(threads))
+    if own['device'] != 'cpu':
+        dev = own['device'].replace('gpu', 'cuda')
+        num = dev[4:].lstrip(':') or '0'
+        environ.setdefault('CUDA_VISIBLE_DEVICES', num)
+        environ.setdefault('JAX_PLATFORMS', 'cuda')
+
+
+# --- arguments --------------------------------------------------------------------------------------
+
+def build_parser():
+    width = shutil.get_terminal_size().columns
+    p = argparse.ArgumentParser(prog='gru4rec', description='Train or load a GRU4Rec model and evaluate it.',
+                                formatter_class=lambda prog: argparse.HelpFormatter(prog, width=width, max_help_position=width // 3))
+    p.add_argument('path', metavar='PATH', help='training data (TSV, or .pickle of a DataFrame); with -l the saved model')
+    p.add_argument('-ps', '--parameter_string', metavar='PARAM_STRING', help='parameters, e.g. loss=bpr-max,layers=100/100,n_epochs=10')
+    p.add_argument('-pf', '--parameter_file', metavar='PARAM_PATH', help='Python file defining the OrderedDict gru4rec_params')
+    p.add_argument('-l', '--load_model', action='store_true', help='load a saved model from PATH instead of training')
+    p.add_argument('-s', '--save_model', metavar='MODEL_PATH', help='save the trained model here')
+    p.add_argument('-t', '--test', metavar='TEST_PATH', nargs='+', help='test file(s) to evaluate on')
+    p.add_argument('-m', '--measure', metavar='AT', type=int, nargs='+', default=[20], help='cut-offs of recall and MRR (default: 20)')
+    p.add_argument('-e', '--eval_type', metavar='EVAL_TYPE', choices=['standard', 'conservative', 'median', 'tiebreaking'],
+                   default='standard', help='tie handling in ranking: standard, conservative, median, tiebreaking (default: standard)')
+    p.add_argument('-ss', '--sample_store_size', metavar='SS', type=int, default=10000000,
+                   help='number of negative samples precomputed at once (default: 10000000)')
+    p.add_argument('--sample_store_on_cpu', action='store_true', help='generate the sample store on the CPU (store_type=cpu)')
+    p.add_argument('-g', '--gru4rec_model', metavar='GRFILE', default='gru4rec', help='module providing the GRU4Rec class (default: gru4rec)')
+    p.add_argument('-ik', '--item_key', metavar='IK', default=None, help='item ID column (default: ItemId)')
+    p.add_argument('-sk', '--session_key', metavar='SK', default=None, help='session ID column (default: SessionId)')
+    p.add_argument('-tk', '--time_key', metavar='TK', default=None, help='time column (default: Time)')
+    p.add_argument('-pm', '--primary_metric', metavar='METRIC', choices=['recall', 'mrr'], default='recall',
+                   help='metric printed by -lpm: recall or mrr (default: recall)')
+    p.add_argument('-lpm', '--log_primary_metric', action='store_true', help='print "PRIMARY METRIC: <value>" at the first cut-off')
+    p.add_argument('--test_against_items', metavar='N_TEST_ITEMS', type=int, default=None,
+                   help='rank against the N most popular training items instead of all (N >= 50000 unless the catalogue is smaller)')
+    p.add_argument('--seed', type=int, default=None, help='random seed of weight init, sampling, dropout and shuffling (default: 42)')
+    p.add_argument('-d', '--device', default=None, help='cpu or cuda[:N] (default: from the flags file, else cpu)')
+    p.add_argument('--backend', choices=['numba', 'jax', 'python'], default=None, help='numba (CPU), jax (GPU or CPU), python (slow reference)')
+    return p
+
+
+def parse_args(argv):
+    parser = build_parser()
+
+    def fail(message):  # argparse errors follow the 'ERROR.' convention too
+        raise InputError(message[0].upper() + message[1:])
+    parser.error = fail
+    args = parser.parse_args(argv)
+    if sum(map(bool, (args.parameter_string, args.parameter_file, args.load_model))) != 1:
+        raise InputError('Exactly one of the following parameters must be provided: '
+                         '--parameter_string, --parameter_file, --load_model')
+    if args.load_model and args.save_model:
+        raise InputError('--save_model cannot be used with --load_model (the model is not retrained)')
+    if any(m < 1 for m in args.measure):
+        raise InputError(f'Cut-offs (-m) must be positive integers, got {args.measure}')
+    if args.sample_store_size < 0:
+        raise InputError('The sample store size (-ss) must be >= 0')
+    return args
+
+
+def parse_parameter_string(text):
+    params = OrderedDict()
+    for part in text.split(','):
+        if not part.strip():
+            continue
+        if part.count('=') != 1:
+            raise InputError(f'Invalid item "{part}" in the parameter string (expected name=value; values cannot contain , or =)')
+        k, v = part.split('=')
+        params[k.strip()] = v.strip()
+    if not params:
+        raise InputError('The parameter string is empty')
+    return params
+
+
+def load_parameter_file(path):
+    if not os.path.isfile(path):
+        raise InputError(f'Parameter file not found: {path}')
+    spec = importlib.util.spec_from_file_location('gru4rec_parameter_file', path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise InputError(f'Cannot execute the parameter file {path}: {type(e).__name__}: {e}') from None
+    params = getattr(module, 'gru4rec_params', None)
+    if not isinstance(params, dict):
+        raise InputError(f'The parameter file {path} does not define the dict gru4rec_params')
+    return OrderedDict(params)
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+def load_data(path, keys, what, quiet=False):
+    """Read a TSV (optionally compressed) or a pickled DataFrame with the session, item and time columns.
+    Item IDs are read as strings from text files, as in the original. Returns (data, what it printed)."""
+    import pandas as pd
+    session_key, item_key, time_key = keys
+    if not os.path.isfile(path):
+        raise InputError(f'The {what} file does not exist: {path}')
+    if path.endswith(('.pickle', '.pkl')):
+        message = f'Loading data from pickle file: {path}'
+        try:
+            data = pd.read_pickle(path)
+        except Exception as e:
+            raise InputError(f'Cannot read the pickle file {path}: {type(e).__name__}') from None
+        if not isinstance(data, pd.DataFrame):
+            raise InputError(f'The pickle file {path} does not hold a pandas DataFrame')
+        columns = list(data.columns)
+    else:
+        try:
+            columns = list(pd.read_csv(path, sep='\t', nrows=0).columns)
+        except pd.errors.EmptyDataError:
+            raise InputError(f'The {what} file is empty: {path}') from None
+        except (UnicodeDecodeError, OSError, EOFError, pd.errors.ParserError) as e:
+            raise InputError(f'Cannot read the {what} file {path}: {type(e).__name__}') from None
+    labels = (('session IDs', session_key, 'SessionId', 'session_key'), ('item IDs', item_key, 'ItemId', 'item_key'),
+              ('time', time_key, 'Time', 'time_key'))
+    for label, key, default, param in labels:
+        if key not in columns:
+            hint = ' (is the file tab-separated?)' if len(columns) == 1 and (',' in columns[0] or ';' in columns[0]) else ''
+            raise InputError(f'The column specified for {label} "{key}" is not in the {what} file ({path}){hint}; '
+                             f'columns found: {", ".join(map(str, columns))}. The default column name is "{default}", '
+                             f'set another with -{param[0]}k or the {param} parameter.')
+    if not path.endswith(('.pickle', '.pkl')):
+        message = f'Loading data from TAB separated file: {path}'
+        try:
+            data = pd.read_csv(path, sep='\t', usecols=[session_key, item_key, time_key], dtype={item_key: str})
+        except (UnicodeDecodeError, OSError, EOFError, pd.errors.ParserError, ValueError) as e:
+            raise InputError(f'Cannot read the {what} file {path}: {type(e).__name__}: {e}') from None
+    if len(data) == 0:
+        raise InputError(f'The {what} file has no events: {path}')
+    if (data[session_key].astype(str) == session_key).any():
+        raise InputError(f'The {what} file {path} repeats its header line inside the data')
+    if not quiet:
+        print(message)
+    return data, message
+
+
+def check_test_against_items(n, n_items):
+    """Ranking against few items inflates the metrics: at least 50000 candidates, or the whole catalogue."""
+    if n < 50000 and n < n_items:
+        raise InputError("You mustn't evaluate positive items against less than 50000 items "
+                         f'(--test_against_items {n}; the catalogue has {n_items} items)')
+
+
+def load_test_files(paths, keys, known_items):
+    """Load and check every test file before training, so that a bad one fails before anything is written."""
+    tests = []
+    for path in paths or []:
+        test, message = load_data(path, keys, 'test', quiet=True)
+        if not test[keys[1]].isin(known_items).any():
+            raise InputError(f'The test file {path} shares no items with the training data')
+        tests.append((test, message))
+    return tests
+
+
+# --- main -------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except InputError as e:
+        return _error(str(e))
+    except KeyboardInterrupt:
+        print('Interrupted.', file=sys.stderr)
+        return 130
+
+
+def _error(message):
+    sys.stdout.flush()
+    print(f'ERROR. {message}', file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _main(argv):
+    args = parse_args(argv)
+    own, pytensor_flags = resolve_config(args.device, args.backend)
+    apply_config(own, pytensor_flags)
+    gru4rec_module = _import_model_module(args.gru4rec_model)
+    try:
+        from . import evaluation
+    except ImportError:
+        import evaluation
+    try:
+        return _run(args, own, gru4rec_module, evaluation)
+    except gru4rec_module.GRU4RecError as e:
+        return _error(str(e))
+
+
+def _import_model_module(name):
+    """Our gru4rec module for the default name; otherwise a module found from the working directory."""
+    if name == 'gru4rec':
+        try:
+            from . import gru4rec as module
+        except ImportError:
+            import gru4rec as module
+        return module
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(name)
+    except ImportError as e:
+        raise InputError(f'Cannot import the model module "{name}" (-g): {e}') from None
+    if not hasattr(module, 'GRU4Rec'):
+        raise InputError(f'The module "{name}" (-g) has no GRU4Rec class')
+    return module
+
+
+def _run(args, own, mod, evaluation):
+    GRU4Rec = mod.GRU4Rec
+    keys_cli = OrderedDict((k, v) for k, v in (('session_key', args.session_key), ('item_key', args.item_key),
+                                                ('time_key', args.time_key)) if v is not None)
+    tests = None
+    if args.load_model:
+        print(f'Loading trained model from file: {args.path}')
+        gru = GRU4Rec.loadmodel(args.path, backend=own['backend'])
+        if keys_cli:
+            gru.set_params(**keys_cli)
+    else:
+        if args.parameter_file:
+            params = load_parameter_file(args.parameter_file)
+            print(f'Loaded parameters from file: {os.path.abspath(args.parameter_file)}')
+        else:
+            params = parse_parameter_string(args.parameter_string)
+        for k, v in keys_cli.items():  # -sk/-ik/-tk name the model's columns too, unless set explicitly
+            params.setdefault(k, v)
+        if args.seed is not None:
+            params['seed'] = args.seed
+        print('Creating GRU4Rec model')
+        gru = GRU4Rec(backend=own['backend'])
+        gru.set_params(**params)
+        keys = (gru.session_key, gru.item_key, gru.time_key)
+        print('Loading training data...')
+        data, _ = load_data(args.path, keys, 'training')
+        tests = load_test_files(args.test, keys, set(data[keys[1]].unique()))
+        if args.test_against_items is not None:
+            check_test_against_items(args.test_against_items, data[keys[1]].nunique())
+        store_type = 'gpu'
+        if args.sample_store_on_cpu:
+            store_type = 'cpu'
+            print('WARNING! The sample store is set to be on the CPU. This will make training significantly slower on the GPU.')
+        print('Started training')
+        t0 = time.time()
+        gru.fit(data, sample_store=args.sample_store_size, store_type=store_type)
+        if gru.error_during_train:
+            print(f'ERROR. Training stopped: the loss became NaN in epoch {gru.error_epoch}. '
+                  'No model was saved and no evaluation was run. Try a lower learning_rate or grad_cap.', file=sys.stderr)
+            return EXIT_TRAINING_FAILED
+        print(f'Total training time: {time.time() - t0:.2f}s')
+        del data
+        if args.save_model is not None:
+            print(f'Saving trained model to: {args.save_model}')
+            gru.savemodel(args.save_model)
+    items = None
+    if args.test_against_items is not None:
+        n = args.test_against_items
+        check_test_against_items(n, gru.n_items)
+        import numpy as np
+        top = np.argsort(-gru.item_support, kind='stable')[:n]
+        items = gru.itemidmap.index[top]
+        print(f'WARNING! Evaluating against the {len(items)} most popular training items instead of the full catalogue.')
+    keys = (gru.session_key, gru.item_key, gru.time_key)
+    if tests is None:
+        tests = load_test_files(args.test, keys, set(gru.itemidmap.index))
+    for test_file, (test, message) in zip(args.test or [], tests):
+        print('Loading test data...')
+        print(message)
+        print(f'Starting evaluation (cut-off={args.measure}, using {args.eval_type} mode for tiebreaking)')
+        t0 = time.time()
+        recall, mrr = evaluation.evaluate_gpu(gru, test, items=items, session_key=keys[0], item_key=keys[1],
+                                              time_key=keys[2], cut_off=args.measure, batch_size=512,
+                                              mode=args.eval_type)
+        print(f'Evaluation took {time.time() - t0:.2f}s')
+        for c, r, m in zip(args.measure, recall, mrr):
+            print(f'Recall@{c}: {r:.6f} MRR@{c}: {m:.6f}')
+        if args.log_primary_metric:
+            print(f'PRIMARY METRIC: {recall[0] if args.primary_metric == "recall" else mrr[0]}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""run.py as a user runs it: a subprocess per call. Most calls use the fast-compiling 'python' backend;
+test_end_to_end_numba runs the real CPU backend on the bundled RSC15 sample."""
+import gzip
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, 'data', 'rsc15_64')
+TINY = 'layers=8,n_epochs=1,batch_size=8,n_sample=16,loss=cross-entropy,final_act=softmax'
+
+
+def run(*args, cwd=None, backend='python'):
+    cmd = [sys.executable, os.path.join(ROOT, 'run.py')] + [str(a) for a in args]
+    if backend:
+        cmd += ['--backend', backend]
+    env = dict(os.environ)
+    env.pop('PYTENSOR_FLAGS', None)
+    env.pop('THEANO_FLAGS', None)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
+
+
+def make_sessions(path, n_sessions=60, n_items=30, seed=0, sep='\t'):
+    rng = np.random.RandomState(seed)
+    rows = [(s, f'i{rng.randint(n_items)}', 1000 * s + t) for s in range(n_sessions) for t in range(rng.randint(2, 6))]
+    pd.DataFrame(rows, columns=['SessionId', 'ItemId', 'Time']).to_csv(path, sep=sep, index=False)
+    return path
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp('cli')
+    return {'train': make_sessions(d / 'train.tsv'), 'test': make_sessions(d / 'test.tsv', seed=1), 'dir': d}
+
+
+def test_train_save_load_evaluate(files):
+    model = files['dir'] / 'model.pickle'
+    r = run(files['train'], '-t', files['test'], '-m', 1, 5, 10, '-ps', TINY, '-s', model, '-lpm')
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for line in ['Creating GRU4Rec model', 'Loading training data...', f'Loading data from TAB separated file: {files["train"]}',
+                 'Started training', 'The dataframe is already sorted by SessionId, Time', f'Saving trained model to: {model}',
+                 'Starting evaluation (cut-off=[1, 5, 10], using standard mode for tiebreaking)',
+                 'Measuring Recall@1,5,10 and MRR@1,5,10']:
+        assert line in out.splitlines(), line
+    assert re.search(r"^SET   layers +TO   \[8\] +\(type: <class 'list'>\)$", out, re.M)
+    assert re.search(r'^Epoch1 --> loss: \d+\.\d{6} \t\(\d+\.\d\ds\) \t\[\d+\.\d\d mb/s \| \d+ e/s\]$', out, re.M)
+    assert re.search(r'^Total training time: \d+\.\d\ds$', out, re.M)
+    metrics = re.findall(r'^Recall@(\d+): (\d\.\d{6}) MRR@\d+: (\d\.\d{6})$', out, re.M)
+    assert [m[0] for m in metrics] == ['1', '5', '10']
+    primary = re.search(r'^PRIMARY METRIC: (\S+)$', out, re.M).group(1)
+    assert abs(float(primary) - float(metrics[0][1])) < 1e-6
+    # the saved model gives the same metrics, also in another tie mode
+    r2 = run(model, '-l', '-t', files['test'], '-m', 1, 5, 10)
+    assert r2.returncode == 0, r2.stderr
+    assert f'Loading trained model from file: {model}' in r2.stdout
+    assert re.findall(r'^Recall@.*$', r2.stdout, re.M) == re.findall(r'^Recall@.*$', out, re.M)
+
+
+def test_parameter_file_and_keys(files, tmp_path):
+    renamed = tmp_path / 'renamed.tsv'
+    pd.read_csv(files['train'], sep='\t').rename(columns={'SessionId': 'sid', 'ItemId': 'iid', 'Time': 'ts'}).to_csv(renamed, sep='\t', index=False)
+    pf = tmp_path / 'params.py'
+    pf.write_text("from collections import OrderedDict\ngru4rec_params = OrderedDict([('layers', [8]), ('n_epochs', 1), "
+                  "('batch_size', 8), ('n_sample', 0), ('loss', 'bpr-max'), ('final_act', 'elu-1')])\n")
+    # -sk/-ik/-tk name the training columns too (the original used them only for loading)
+    r = run(renamed, '-t', renamed, '-pf', pf, '-sk', 'sid', '-ik', 'iid', '-tk', 'ts', '-e', 'conservative')
+    assert r.returncode == 0, r.stderr
+    assert f'Loaded parameters from file: {pf}' in r.stdout
+    assert 'using conservative mode' in r.stdout
+
+
+def test_test_against_items(files):
+    # fewer than 50000 candidates are allowed only when they cover a smaller catalogue (30 items here)
+    r = run(files['train'], '-t', files['test'], '-ps', TINY, '--test_against_items', 40)
+    assert r.returncode == 0, r.stderr
+    assert 'Evaluating against the 30 most popular training items' in r.stdout
+    full = run(files['train'], '-t', files['test'], '-ps', TINY)
+    assert re.findall(r'^Recall@.*$', r.stdout, re.M) == re.findall(r'^Recall@.*$', full.stdout, re.M)
+
+
+BAD = [
+    ('missing training file', lambda f: ['nope.tsv', '-ps', TINY], 'does not exist'),
+    ('no parameters', lambda f: [f['train']], 'Exactly one of the following parameters must be provided'),
+    ('two parameter sources', lambda f: [f['train'], '-ps', TINY, '-l'], 'Exactly one of'),
+    ('unknown parameter', lambda f: [f['train'], '-ps', 'foo=1'], 'Unknown parameter: foo'),
+    ('unparsable value', lambda f: [f['train'], '-ps', 'n_sample=many'], 'n_sample'),
+    ('malformed parameter string', lambda f: [f['train'], '-ps', 'layers100'], 'expected name=value'),
+    ('bad loss', lambda f: [f['train'], '-ps', 'loss=hinge'], 'loss'),
+    ('missing column', lambda f: [f['no_time'], '-ps', TINY], 'The column specified for time "Time" is not in the training file'),
+    ('empty file', lambda f: [f['empty'], '-ps', TINY], 'is empty'),
+    ('header only', lambda f: [f['header_only'], '-ps', TINY], 'has no events'),
+    ('non-numeric session ids', lambda f: [f['str_sessions'], '-ps', TINY], 'must be numeric'),
+    ('non-numeric times', lambda f: [f['str_times'], '-ps', TINY], 'must be numeric'),
+    ('comma separated', lambda f: [f['csv'], '-ps', TINY], 'is the file tab-separated?'),
+    ('no known test items', lambda f: [f['train'], '-ps', TINY, '-t', f['alien_test']], 'shares no items'),
+    ('missing test file', lambda f: [f['train'], '-ps', TINY, '-t', 'nope.tsv'], 'does not exist'),
+    ('not a model', lambda f: [f['train'], '-l', '-t', f['test']], 'not a GRU4Rec model file'),
+    ('too few test items', lambda f: [f['big_train'], '-ps', TINY, '-t', f['test'], '--test_against_items', 5], "mustn't evaluate"),
+    ('bad cut-off', lambda f: [f['train'], '-ps', TINY, '-m', 0], 'Cut-offs'),
+    ('bad device', lambda f: [f['train'], '-ps', TINY, '-d', 'tpu'], 'Unknown device'),
+]
+
+
+@pytest.fixture(scope='module')
+def bad_files(files):
+    d = files['dir']
+    df = pd.read_csv(files['train'], sep='\t')
+    out = dict(files)
+    out['no_time'] = d / 'no_time.tsv'
+    df.drop(columns='Time').to_csv(out['no_time'], sep='\t', index=False)
+    out['empty'] = d / 'empty.tsv'
+    out['empty'].write_text('')
+    out['header_only'] = d / 'header_only.tsv'
+    out['header_only'].write_text('SessionId\tItemId\tTime\n')
+    out['str_sessions'] = d / 'str_sessions.tsv'
+    df.assign(SessionId='s' + df.SessionId.astype(str)).to_csv(out['str_sessions'], sep='\t', index=False)
+    out['str_times'] = d / 'str_times.tsv'
+    df.assign(Time='noon').to_csv(out['str_times'], sep='\t', index=False)
+    out['csv'] = d / 'comma.csv.txt'
+    df.to_csv(out['csv'], sep=',', index=False)
+    out['alien_test'] = d / 'alien.tsv'
+    df.assign(ItemId='x' + df.ItemId.astype(str)).to_csv(out['alien_test'], sep='\t', index=False)
+    out['big_train'] = make_sessions(d / 'big_train.tsv', n_sessions=400, n_items=200, seed=3)
+    return out
+
+
+@pytest.mark.parametrize('name,args,message', BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_one_error_line(bad_files, tmp_path, name, args, message):
+    model = tmp_path / 'model.pickle'
+    argv = args(bad_files)
+    if '-l' not in argv:
+        argv = argv + ['-s', model]
+    r = run(*argv, cwd=tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('ERROR. '), r.stderr
+    assert message in err[0]
+    assert 'Traceback' not in r.stdout + r.stderr
+    assert not model.exists()
+
+
+@pytest.mark.slow
+def test_end_to_end_numba_on_bundled_rsc15(tmp_path):
+    """The real CPU backend on a bundled real sample: train on the RSC15 1/64 validation day, test on the test day."""
+    model = tmp_path / 'm.pickle'
+    r = run(os.path.join(DATA, 'rec15_64_train_valid.txt.gz'), '-t', os.path.join(DATA, 'rec15_64_test.txt.gz'),
+            '-ps', 'loss=cross-entropy,final_act=softmax,layers=32,n_epochs=2,n_sample=256,constrained_embedding=True,logq=1,sample_alpha=0.5',
+            '-m', 5, 20, '-s', model, backend='numba')
+    assert r.returncode == 0, r.stderr
+    assert re.search(r'^Dropped \d+ test events with items unseen in training', r.stdout, re.M)
+    recall20 = float(re.search(r'^Recall@20: (\S+)', r.stdout, re.M).group(1))
+    assert 0.05 < recall20 <= 1.0      # far above chance (20 / 2,561 items ~ 0.008)
+    assert model.stat().st_size > 0
