@@ -11,6 +11,7 @@ Hidasi & Karatzoglou, CIKM 2018) from its behavioural description. Read top to b
 Shapes: M = active session slots in a minibatch, K = M + n_sample scored items per row,
 N = number of items, L_i = units of GRU layer i, L = units of the last layer.
 """
+import functools
 import math
 import pickle
 import sys
@@ -177,15 +178,22 @@ def _validate(p):
 # 2. Activations and losses (symbolic)
 # ---------------------------------------------------------------------------------------------
 
+# Formulations below are chosen for speed on the Numba backend (no vectorised exp/expm1 there): PyTensor's
+# fused softmax ops, and exp(min(x, 0)) instead of a switch that PyTensor turns into a slow expm1.
+# They equal the original's formulas up to float rounding.
+
 def _softmax(x):
-    e = pt.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    return pt.special.softmax(x, axis=1)
 
 
 def _neg_log_softmax(x):
-    """'softmax_logit': log(sum_j exp(x'_j)) - x', with x' = x - rowmax(x)."""
-    x = x - x.max(axis=1, keepdims=True)
-    return pt.log(pt.exp(x).sum(axis=1, keepdims=True)) - x
+    """'softmax_logit': log(sum_j exp(x'_j)) - x', with x' = x - rowmax(x), i.e. -log_softmax(x)."""
+    return -pt.special.log_softmax(x, axis=1)
+
+
+def _elu(x, alpha):
+    """x if x >= 0 else alpha * (exp(x) - 1)."""
+    return pt.maximum(x, 0) + alpha * pt.exp(pt.minimum(x, 0)) - alpha
 
 
 def parse_activation(name, final):
@@ -203,11 +211,11 @@ def parse_activation(name, final):
     if len(parts) == 1 and parts[0] in simple:
         return simple[parts[0]]
     if args is not None and parts[0] == 'leaky' and len(args) == 1:
-        return lambda x, a=args[0]: pt.switch(x >= 0, x, a * x)
+        return lambda x, a=args[0]: pt.maximum(x, 0) + a * pt.minimum(x, 0)
     if args is not None and parts[0] == 'elu' and len(args) == 1:
-        return lambda x, a=args[0]: pt.switch(x >= 0, x, a * (pt.exp(x) - 1))
+        return lambda x, a=args[0]: _elu(x, a)
     if args is not None and parts[0] == 'selu' and len(args) == 2:
-        return lambda x, l=args[0], a=args[1]: l * pt.switch(x >= 0, x, a * (pt.exp(x) - 1))
+        return lambda x, l=args[0], a=args[1]: l * _elu(x, a)
     names = 'linear, relu, tanh, leaky-X, elu-X, selu-X-Y' + (', softmax, softmax_logit' if final else '')
     raise GRU4RecError(f'Invalid value for parameter {which}: {name!r} (use one of: {names})')
 
@@ -219,11 +227,10 @@ def _diag(yhat):
 
 
 def _softmax_neg(yhat):
-    """Softmax over the negatives of each row: the diagonal is zeroed, takes part in the max, gets weight 0."""
-    off_diag = 1 - pt.eye(yhat.shape[0], yhat.shape[1], dtype=FLOAT)
-    x = yhat * off_diag
-    e = pt.exp(x - x.max(axis=1, keepdims=True)) * off_diag
-    return e / e.sum(axis=1, keepdims=True)
+    """Softmax over the negatives of each row (weight 0 on the diagonal). The original zeroes the diagonal
+    and lets it take part in the max shift; the shift cancels, so masking it with -inf gives the same values."""
+    m = pt.arange(yhat.shape[0])
+    return _softmax(pt.set_subtensor(yhat[m, m], -np.inf))
 
 
 def loss_sum(loss, yhat, smoothing=0.0, bpreg=1.0):
@@ -275,12 +282,15 @@ def session_parallel_batches(items, offsets, order, batch_size, min_active=1):
     end = offsets[order[slot_pos] + 1].astype(np.int64)
     keep = None
     while True:
-        minlen = int((end - start).min())
-        out = items[start]
+        left = end - start - 1          # (input, target) pairs left in each slot's session
+        minlen = int(left.min()) + 1
+        pos = start.copy()
+        out = items[pos]
         for k in range(minlen - 1):
             inp = out
-            out = items[start + k + 1]
-            yield inp, out, (start + k + 2 == end), keep
+            pos += 1
+            out = items[pos]
+            yield inp, out, left == k + 1, keep
             keep = None
         start += minlen - 1
         finished = np.flatnonzero(end - start <= 1)
@@ -396,6 +406,10 @@ class GRU4Rec:
         return list(self.adapt_params) or list(DEFAULT_ADAPT_PARAMS.get(self.adapt, []))
 
     @property
+    def _embedding_width(self):
+        return self.layers[-1] if self.embedding_mode == 'shared' else self.embedding
+
+    @property
     def embedding_mode(self):
         return 'shared' if self.constrained_embedding else ('separate' if self.embedding else 'onehot')
 
@@ -470,13 +484,13 @@ class GRU4Rec:
         return OrderedDict((k, v.get_value()) for k, v in self.weights.items())
 
     # --- model graph -----------------------------------------------------------------------
-    def _layers_forward(self, first_input, H, srng, drop_p_hidden, drop_p_embed, onehot_rows=None):
+    def _layers_forward(self, first_input, H, noise, drop_p_hidden, drop_p_embed, onehot_rows=None):
         """GRU stack for one step. first_input: embedding rows (M x F) or, in one-hot mode, None with
         onehot_rows = Wx0[X] (M x 3L_0). H: list of M x L_i states. Returns the list of new states."""
         w, out = self.weights, []
         x = first_input
         if x is not None and drop_p_embed > 0:
-            x = _dropout(x, drop_p_embed, srng)
+            x = _dropout(x, drop_p_embed, noise.uniform(self._embedding_width))
         for i, units in enumerate(self.layers):
             h = H[i]
             a = (onehot_rows if i == 0 and onehot_rows is not None else pt.dot(x, w[f'Wx{i}'])) + w[f'Bh{i}']
@@ -485,7 +499,7 @@ class GRU4Rec:
             h_cand = self._hidden_act((r * h).dot(w[f'Wh{i}']) + a[:, :units])
             h = (1 - z) * h + z * h_cand
             if drop_p_hidden > 0:
-                h = _dropout(h, drop_p_hidden, srng)
+                h = _dropout(h, drop_p_hidden, noise.uniform(units))
             out.append(h)
             x = h
         return out
@@ -498,7 +512,7 @@ class GRU4Rec:
     def _final_act(self):
         return parse_activation(self.final_act, final=True)
 
-    def _train_graph(self, srng):
+    def _train_graph(self, noise):
         """Symbolic training step. Returns (inputs, cost, new_states, dense_params, sparse) where sparse is a
         list of (shared weight, index vector, gathered rows) whose gradient is taken w.r.t. the rows."""
         w = self.weights
@@ -525,15 +539,16 @@ class GRU4Rec:
             sparse.append((w['Wy'], Y, Wy_rows))
         By_rows = w['By'][Y]                               # K x 1
         sparse.append((w['By'], Y, By_rows))
-        new_H = self._layers_forward(emb, H, srng, self.dropout_p_hidden, self.dropout_p_embed, onehot_rows)
+        new_H = self._layers_forward(emb, H, noise, self.dropout_p_hidden, self.dropout_p_embed, onehot_rows)
         scores = pt.dot(new_H[-1], Wy_rows.T) + By_rows.T  # M x K
         if self.logq:
-            logq = pt.log(pt.concatenate([self._P0[Y[:M]], self._P0[Y[M:]] ** np.float32(self.sample_alpha)]))
+            # log q: raw support of the in-batch targets, support ** sample_alpha of the sampled negatives
+            logq = pt.concatenate([self._logP0[Y[:M]], np.float32(self.sample_alpha) * self._logP0[Y[M:]]])
             scores = scores - np.float32(self.logq) * logq
         yhat = self._final_act(scores)
         cost = loss_sum(self.loss, yhat, self.smoothing, self.bpreg) / np.float32(self.batch_size)
         reset_H = [h * (1 - R)[:, None] for h in new_H]
-        return [X, Y, R] + H, cost, reset_H, dense, sparse
+        return [X, Y, R] + noise.inputs + H, cost, reset_H, dense, sparse
 
     # --- optimisers ------------------------------------------------------------------------
     def _updates(self, cost, dense, sparse):
@@ -653,6 +668,7 @@ class GRU4Rec:
         self._predict_fns, self._pred_state = {}, None
         self.error_during_train = False
         self.error_epoch = None
+        self.epoch_stats_ = []   # per epoch: loss, seconds, steps (minibatches), events
         itemids = data[self.item_key].unique()
         self.itemidmap = pd.Series(np.arange(len(itemids), dtype=np.int32), index=itemids, name='ItemIdx')
         self.n_items = len(itemids)
@@ -663,7 +679,8 @@ class GRU4Rec:
         self._setup(np.bincount(items, minlength=self.n_items), rng)
         sampler = NegativeSampler(self.item_support, self.sample_alpha, self.n_sample, sample_store, rng,
                                   'GPU' if store_type == 'gpu' else 'CPU') if self.n_sample > 0 else None
-        train_fn = self._compile_train()
+        train_fn, noise_widths = self._compile_train()
+        noise_rng = np.random.default_rng(self.seed)
         base_order = np.argsort(times[offsets[:-1]]) if self.time_sort else np.arange(len(offsets) - 1)
         for epoch in range(self.n_epochs):
             t0 = time.time()
@@ -675,7 +692,8 @@ class GRU4Rec:
                 if keep is not None:
                     H = [h[keep] for h in H]
                 y = out if sampler is None else np.concatenate([out, sampler.next()])
-                cost, *H = train_fn(inp, y, reset.astype(FLOAT), *H)
+                noise = [noise_rng.random((len(inp), w), dtype=np.float32) for w in noise_widths]
+                cost, *H = train_fn(inp, y, reset.astype(FLOAT), *noise, *H)
                 m = len(inp)
                 sum_cost += float(cost) * m
                 n_events += m
@@ -686,6 +704,7 @@ class GRU4Rec:
             avg = sum_cost / max(n_events, 1)
             if math.isnan(avg):
                 return self._diverged(epoch, n_steps)
+            self.epoch_stats_.append({'epoch': epoch + 1, 'loss': avg, 'seconds': secs, 'steps': n_steps, 'events': n_events})
             print(f'Epoch{epoch + 1} --> loss: {avg:.6f} \t({secs:.2f}s) \t'
                   f'[{n_steps / secs:.2f} mb/s | {n_events / secs:.0f} e/s]')
         return self
@@ -695,7 +714,7 @@ class GRU4Rec:
         self.n_items = len(item_support)
         self.item_support = np.asarray(item_support, dtype=np.int64)
         self._set_weights(self._init_weights(rng))
-        self._P0 = pytensor.shared(self.item_support.astype(FLOAT), name='P0')
+        self._logP0 = pytensor.shared(np.log(np.maximum(self.item_support, 1)).astype(FLOAT), name='logP0')
 
     def _diverged(self, epoch, step):
         print(f'Epoch {epoch + 1}: NaN error! (step {step}); training stopped')
@@ -704,14 +723,13 @@ class GRU4Rec:
         return self
 
     def _compile_train(self):
-        srng = RandomChain(self.seed)
-        inputs, cost, new_H, dense, sparse = self._train_graph(srng)
+        noise = NoiseInputs()
+        inputs, cost, new_H, dense, sparse = self._train_graph(noise)
         updates = self._updates(cost, dense, sparse)
-        updates.update(srng.updates)
         fn = pytensor.function(inputs, [cost] + new_H, updates=list(updates.items()),
                                mode=custom_opt.compile_mode(self.backend))
         fn.trust_input = True
-        return fn
+        return fn, noise.widths
 
     # --- prediction --------------------------------------------------------------------------
     def _require_trained(self):
@@ -868,6 +886,9 @@ class NegativeSampler:
         self.cdf = np.cumsum(weights) / weights.sum()
         self.cdf[-1] = 1.0
         self.uniform = alpha == 0
+        # guide[k] = first index whose CDF value reaches k / n_buckets: the search for u starts there
+        self.n_buckets = len(self.cdf)
+        self.guide = np.searchsorted(self.cdf, np.arange(self.n_buckets) / self.n_buckets)
         self.rows = store_size // n_sample
         if self.rows <= 1:
             print('No example store was used')
@@ -882,8 +903,12 @@ class NegativeSampler:
         if self.uniform:
             draw = self.rng.randint(self.n_items, size=size)
         else:
-            draw = np.searchsorted(self.cdf, self.rng.rand(size))
+            draw = self.search(self.rng.rand(size))
         return draw.astype(np.int32).reshape(n_rows, self.n_sample)
+
+    def search(self, u):
+        """np.searchsorted(cdf, u): the smallest i with cdf[i] >= u, for every u in [0, 1)."""
+        return _guided_search()(self.cdf, self.guide, u)
 
     def next(self):
         if self.rows == 0:
@@ -911,9 +936,45 @@ class RandomChain:
         return [(self.shared, self.current)] if self.current is not self.shared else []
 
 
-def _dropout(x, p, srng):
+@functools.cache
+def _guided_search():
+    """A Numba kernel (compiled on first use, cached on disk) for NegativeSampler.search: start at the
+    guide entry of u's bucket and step to the answer, about two steps on average instead of log2(N)."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def search(cdf, guide, u):
+        n_buckets = len(guide)
+        out = np.empty(len(u), dtype=np.int64)
+        for j in range(len(u)):
+            x = u[j]
+            i = guide[min(int(x * n_buckets), n_buckets - 1)]
+            while i > 0 and cdf[i - 1] >= x:   # rounding of the bucket overshot
+                i -= 1
+            while cdf[i] < x:                  # terminates: cdf[-1] == 1 > x
+                i += 1
+            out[j] = i
+        return out
+    return search
+
+
+class NoiseInputs:
+    """Uniform noise for the dropout masks, as graph inputs (M x width each) that the training loop fills
+    from a seeded numpy Generator: on the Numba backend this is much cheaper than an in-graph generator."""
+
+    def __init__(self):
+        self.inputs, self.widths = [], []
+
+    def uniform(self, width):
+        self.inputs.append(pt.fmatrix(f'U{len(self.inputs)}'))
+        self.widths.append(width)
+        return self.inputs[-1]
+
+
+def _dropout(x, p, u):
+    """Inverted dropout with uniform noise u (same shape as x)."""
     keep = np.float32(1 - p)
-    return x * (srng.uniform(x.shape) < keep).astype(FLOAT) / keep
+    return x * (u < keep).astype(FLOAT) / keep
 
 
 def _state_like(p):

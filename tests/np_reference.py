@@ -40,6 +40,11 @@ def softmax_neg(y):
 
 
 def loss_sum(loss, y, smoothing=0.0, bpreg=1.0):
+    with np.errstate(invalid='ignore', divide='ignore'):   # log of negative scores: NaN, as in the model
+        return _loss_sum(loss, y, smoothing, bpreg)
+
+
+def _loss_sum(loss, y, smoothing, bpreg):
     m, k = y.shape
     d = y[np.arange(m), np.arange(m)]
     if loss in ('cross-entropy', 'xe_logit'):
@@ -73,17 +78,24 @@ def gather(w, mode, X, Y):
     return p
 
 
-def step_forward(p, cfg, X, Y, H, support=None):
-    """Returns (cost, new states before reset, activated scores)."""
+def step_forward(p, cfg, X, Y, H, support=None, noise=()):
+    """Returns (cost, new states before reset, activated scores). noise: the uniform matrices of the
+    dropout masks in graph order (embedding, then each layer); a unit is kept where noise < 1 - p."""
     layers, mode = cfg['layers'], cfg['mode']
+    noise = list(noise)
+
+    def dropout(x, rate):
+        return x * (noise.pop(0) < 1 - rate) / (1 - rate) if rate > 0 else x
     x, new = p['in'], []
+    if mode != 'onehot':
+        x = dropout(x, cfg.get('dropout_p_embed', 0.0))
     for i, units in enumerate(layers):
         a = (x if (i == 0 and mode == 'onehot') else x @ p[f'Wx{i}']) + p[f'Bh{i}']
         h = H[i]
         rz = sigmoid(a[:, units:] + h @ p[f'Wrz{i}'])
         r, z = rz[:, :units], rz[:, units:]
         hc = act(cfg['hidden_act'], (r * h) @ p[f'Wh{i}'] + a[:, :units])
-        h = (1 - z) * h + z * hc
+        h = dropout((1 - z) * h + z * hc, cfg.get('dropout_p_hidden', 0.0))
         new.append(h)
         x = h
     scores = x @ p['out'].T + p['by'].T
@@ -96,17 +108,17 @@ def step_forward(p, cfg, X, Y, H, support=None):
     return cost, new, y
 
 
-def numeric_grads(p, cfg, X, Y, H, support=None, eps=1e-6):
-    """Central finite differences of the cost w.r.t. every entry of every entry of p."""
+def numeric_grads(p, cfg, X, Y, H, support=None, noise=(), eps=1e-6):
+    """Central finite differences of the cost w.r.t. every entry of every array in p."""
     grads = {}
     for k, v in p.items():
         g = np.zeros_like(v)
         for i in np.ndindex(v.shape):
             old = v[i]
             v[i] = old + eps
-            plus = step_forward(p, cfg, X, Y, H, support)[0]
+            plus = step_forward(p, cfg, X, Y, H, support, noise)[0]
             v[i] = old - eps
-            minus = step_forward(p, cfg, X, Y, H, support)[0]
+            minus = step_forward(p, cfg, X, Y, H, support, noise)[0]
             v[i] = old
             g[i] = (plus - minus) / (2 * eps)
         grads[k] = g

@@ -1,0 +1,60 @@
+"""CPU training speed of the real `fit`: minibatches/s and events/s per loss, median over the epochs after
+the first (the first includes compilation). Default protocol (issue: core CPU speed): the first 300k events
+of Diginetica (SR-GNN preprocessing, 43k items), batch 32, n_sample 2048, one GRU layer of 100, one thread.
+
+    python benchmarks/bench_cpu.py PATH/TO/diginetica_train_full.tsv.gz [--events 300000] [--epochs 4]
+"""
+import argparse
+import os
+import platform
+import statistics
+import sys
+
+# One BLAS/Numba thread unless the caller says otherwise: set before numpy is imported.
+for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'NUMBA_NUM_THREADS'):
+    os.environ.setdefault(var, '1')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pandas as pd  # noqa: E402
+
+from gru4rec import GRU4Rec  # noqa: E402
+
+CONFIGS = {
+    'xe_logq': dict(loss='cross-entropy', final_act='softmax', constrained_embedding=True, logq=1.0,
+                    sample_alpha=0.5, dropout_p_hidden=0.4, learning_rate=0.2, momentum=0.2),
+    'bpr-max': dict(loss='bpr-max', final_act='elu-0.5', bpreg=1.0, sample_alpha=0.0, learning_rate=0.2, momentum=0.3),
+}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('path')
+    p.add_argument('--events', type=int, default=300000)
+    p.add_argument('--epochs', type=int, default=4)
+    p.add_argument('--batch_size', type=int, default=32)
+    p.add_argument('--n_sample', type=int, default=2048)
+    p.add_argument('--layers', type=int, default=100)
+    p.add_argument('--losses', nargs='+', default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument('--backend', default='numba')
+    args = p.parse_args()
+    data = pd.read_csv(args.path, sep='\t', nrows=args.events)
+    print(f'data: {args.path}: {len(data)} events, {data.ItemId.nunique()} items, {data.SessionId.nunique()} sessions')
+    print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, '
+          f'threads={os.environ["OPENBLAS_NUM_THREADS"]}, backend={args.backend}')
+    rows = []
+    for name in args.losses:
+        m = GRU4Rec(layers=[args.layers], batch_size=args.batch_size, n_sample=args.n_sample, n_epochs=args.epochs,
+                    backend=args.backend, **CONFIGS[name])
+        m.fit(data)
+        later = m.epoch_stats_[1:] or m.epoch_stats_
+        mbs = statistics.median(e['steps'] / e['seconds'] for e in later)
+        eps = statistics.median(e['events'] / e['seconds'] for e in later)
+        rows.append((name, mbs, eps, m.epoch_stats_[0]['seconds']))
+    print(f'\n| loss | mb/s (median, epochs 2..{args.epochs}) | events/s | epoch 1 s (incl. compile) |')
+    print('|---|---|---|---|')
+    for name, mbs, eps, first in rows:
+        print(f'| {name} | {mbs:.1f} | {eps:.0f} | {first:.1f} |')
+
+
+if __name__ == '__main__':
+    main()
