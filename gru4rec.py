@@ -675,12 +675,13 @@ class GRU4Rec:
         items, offsets, times = self._sort_and_index(data)
         if len(offsets) - 1 < 1 or np.all(np.diff(offsets) < 2):
             raise GRU4RecError('The training data has no session with at least 2 events')
-        rng = np.random.RandomState(self.seed)
+        rng = np.random.RandomState(self.seed)   # the original's init draws for seed 42
         self._setup(np.bincount(items, minlength=self.n_items), rng)
-        sampler = NegativeSampler(self.item_support, self.sample_alpha, self.n_sample, sample_store, rng,
+        sampler = NegativeSampler(self.item_support, self.sample_alpha, self.n_sample, sample_store,
+                                  np.random.default_rng([self.seed, 1]),
                                   'GPU' if store_type == 'gpu' else 'CPU') if self.n_sample > 0 else None
         train_fn, noise_widths = self._compile_train()
-        noise_rng = np.random.default_rng(self.seed)
+        noise_rng = np.random.default_rng([self.seed, 2])
         base_order = np.argsort(times[offsets[:-1]]) if self.time_sort else np.arange(len(offsets) - 1)
         for epoch in range(self.n_epochs):
             t0 = time.time()
@@ -901,10 +902,10 @@ class NegativeSampler:
     def _draw(self, n_rows):
         size = n_rows * self.n_sample
         if self.uniform:
-            draw = self.rng.randint(self.n_items, size=size)
+            draw = self.rng.integers(self.n_items, size=size, dtype=np.int32)
         else:
-            draw = self.search(self.rng.rand(size))
-        return draw.astype(np.int32).reshape(n_rows, self.n_sample)
+            draw = self.search(self.rng.random(size))
+        return draw.reshape(n_rows, self.n_sample)
 
     def search(self, u):
         """np.searchsorted(cdf, u): the smallest i with cdf[i] >= u, for every u in [0, 1)."""
@@ -945,7 +946,7 @@ def _guided_search():
     @numba.njit(cache=True, nogil=True)
     def search(cdf, guide, u):
         n_buckets = len(guide)
-        out = np.empty(len(u), dtype=np.int64)
+        out = np.empty(len(u), dtype=np.int32)
         for j in range(len(u)):
             x = u[j]
             i = guide[min(int(x * n_buckets), n_buckets - 1)]

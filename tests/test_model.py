@@ -1,0 +1,208 @@
+"""Evaluation ranks, prediction, persistence and reproducibility of the GRU4Rec model."""
+import io
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import np_reference as ref
+import evaluation
+from gru4rec import GRU4Rec, GRU4RecError
+
+
+def generated_sessions(n_sessions=80, n_items=25, seed=0):
+    rng = np.random.RandomState(seed)
+    rows = [(s, int(rng.zipf(1.6) % n_items), 10 * s + t) for s in range(n_sessions) for t in range(rng.randint(1, 7))]
+    return pd.DataFrame(rows, columns=['SessionId', 'ItemId', 'Time'])
+
+
+def model_with_scores(item_scores, **kw):
+    """A model whose (linear) score for item i is item_scores[i] whatever the input: Wy = 0, By = scores."""
+    m = GRU4Rec(layers=[3], final_act='linear', backend='python', **kw)
+    n = len(item_scores)
+    m.itemidmap = pd.Series(np.arange(n, dtype=np.int32), index=np.arange(n), name='ItemIdx')
+    m._setup(np.ones(n, dtype=np.int64), np.random.RandomState(0))
+    m.weights['Wy'].set_value(np.zeros((n, 3), dtype='float32'))
+    m.weights['By'].set_value(np.asarray(item_scores, dtype='float32')[:, None])
+    return m
+
+
+def sessions(*seqs):
+    return pd.DataFrame([(s, item, t) for s, seq in enumerate(seqs) for t, item in enumerate(seq)],
+                        columns=['SessionId', 'ItemId', 'Time'])
+
+
+# item:    0  1  2  3  4  5
+SCORES = [3, 1, 3, 2, 3, 0]
+# Targets below: 3 (score 2: 3 items above), 0 (score 3: tied with 2 and 4), 1 (4 above), 5 (5 above)
+TEST = sessions([0, 3, 0], [2, 1, 5])
+# Ranks by hand, in evaluation order (session 0: targets 3, 0; session 1: targets 1, 5):
+HAND_RANKS = {'standard': [4, 1, 5, 6], 'conservative': [4, 3, 5, 6], 'median': [4, 2, 5, 6]}
+
+
+@pytest.mark.parametrize('mode', ['standard', 'conservative', 'median'])
+def test_tie_modes_give_hand_worked_ranks(mode):
+    ranks = np.array(HAND_RANKS[mode], dtype=float)
+    cut_offs = [1, 2, 4, 5, 10]
+    recall, mrr = evaluation.evaluate_gpu(model_with_scores(SCORES), TEST, cut_off=cut_offs, batch_size=2, mode=mode)
+    for c, r, m in zip(cut_offs, recall, mrr):
+        assert r == pytest.approx(np.mean(ranks <= c))
+        assert m == pytest.approx(np.mean((ranks <= c) / ranks))
+
+
+def test_tiebreaking_separates_exact_ties_only():
+    # all scores equal: standard says rank 1, conservative says 6; tie-breaking noise gives ranks in between
+    flat = model_with_scores([0.0] * 6)
+    (r1,), _ = evaluation.evaluate_gpu(flat, sessions(*[[0, 1]] * 200), cut_off=1, batch_size=50, mode='tiebreaking')
+    assert 0.05 < r1 < 0.4           # ~1/6 of the targets land on top
+    # scores of order 1 are far apart relative to the 1e-10 noise: same as standard
+    std = evaluation.evaluate_gpu(model_with_scores([5, 1, 3, 2, 4, 0]), TEST, cut_off=[1, 3], mode='standard')
+    tb = evaluation.evaluate_gpu(model_with_scores([5, 1, 3, 2, 4, 0]), TEST, cut_off=[1, 3], mode='tiebreaking')
+    assert std == tb
+
+
+def test_candidate_items_and_targets_outside_them():
+    m = model_with_scores(SCORES)
+    # candidates {0, 1, 5}: target 3 (score 2) is not a candidate: ranked as if added -> 1 above (item 0)
+    recall, mrr = evaluation.evaluate_gpu(m, sessions([0, 3]), items=[0, 1, 5], cut_off=[1, 2], mode='conservative')
+    assert recall == [0.0, 1.0] and mrr == [0.0, 0.5]
+
+
+def test_unseen_test_items_are_dropped_and_reported(capsys):
+    m = model_with_scores(SCORES)
+    test = sessions([0, 99, 3], [98, 97])      # 99, 98, 97 unknown: session 0 becomes [0, 3], session 1 empty
+    recall, _ = evaluation.evaluate_gpu(m, test, cut_off=[4])
+    assert recall == [1.0]
+    assert 'Dropped 3 test events with items unseen in training' in capsys.readouterr().out
+    with pytest.raises(GRU4RecError, match='shares no items'):
+        evaluation.evaluate_gpu(m, sessions([98, 97]))
+
+
+def test_evaluation_accepts_int_cut_off_and_small_test_sets():
+    m = model_with_scores(SCORES)
+    assert evaluation.evaluate(m, TEST, cut_off=5, batch_size=512) == evaluation.evaluate_gpu(m, TEST, cut_off=[5])
+
+
+# --- training-based ---------------------------------------------------------------------------------
+
+TINY = dict(layers=[6], n_epochs=2, batch_size=4, n_sample=5, backend='python')
+
+
+def trained(**kw):
+    params = dict(TINY, loss='cross-entropy', final_act='softmax', dropout_p_hidden=0.3, train_random_order=True,
+                  momentum=0.2)
+    params.update(kw)
+    return GRU4Rec(**params).fit(generated_sessions())
+
+
+def test_same_seed_same_losses_other_seed_differs():
+    a, b, c = trained(seed=3), trained(seed=3), trained(seed=4)
+    assert [e['loss'] for e in a.epoch_stats_] == [e['loss'] for e in b.epoch_stats_]
+    for k, v in a.get_weights().items():
+        assert np.array_equal(v, b.get_weights()[k])
+    assert [e['loss'] for e in a.epoch_stats_] != [e['loss'] for e in c.epoch_stats_]
+
+
+def test_initial_weights_follow_the_original_draw_order():
+    m = GRU4Rec(layers=[4], embedding=3, backend='python')
+    m._setup(np.ones(10, dtype=np.int64), np.random.RandomState(42))
+    rng = np.random.RandomState(42)
+    def block(r, c):
+        s = np.sqrt(6.0 / (r + c))
+        return (rng.rand(r, c) * 2 * s - s).astype('float32')
+    E = block(10, 3)
+    Wx = np.hstack([block(3, 4) for _ in range(3)])
+    Wh = block(4, 4)
+    Wrz = np.hstack([block(4, 4) for _ in range(2)])
+    Wy = block(10, 4)
+    w = m.get_weights()
+    for name, expected in (('E', E), ('Wx0', Wx), ('Wh0', Wh), ('Wrz0', Wrz), ('Wy', Wy)):
+        np.testing.assert_array_equal(w[name], expected)
+    assert not w['Bh0'].any() and not w['By'].any()
+
+
+def test_save_load_same_metrics_and_predictions(tmp_path):
+    m = trained(loss='bpr-max', final_act='elu-0.5', embedding=4)
+    test = generated_sessions(30, seed=9)
+    before = evaluation.evaluate_gpu(m, test, cut_off=[1, 5, 10])
+    path = tmp_path / 'model.pickle'
+    m.savemodel(path)
+    loaded = GRU4Rec.loadmodel(path)
+    assert loaded.get_params() == m.get_params()
+    assert evaluation.evaluate_gpu(loaded, test, cut_off=[1, 5, 10]) == before
+    for k, v in m.get_weights().items():
+        np.testing.assert_array_equal(loaded.get_weights()[k], v)
+
+
+def test_shared_embedding_with_nonzero_embedding_saves(tmp_path):
+    # the original crashed in save/load for constrained_embedding with embedding > 0
+    m = trained(constrained_embedding=True, embedding=5)
+    m.savemodel(tmp_path / 'm.pickle')
+    assert GRU4Rec.loadmodel(tmp_path / 'm.pickle').constrained_embedding
+
+
+def test_loader_refuses_code_and_theano_pickles(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (open, (str(tmp_path / 'pwned'), 'w'))
+    evil = tmp_path / 'evil.pickle'
+    evil.write_bytes(pickle.dumps({'format': 'gru4rec-pytensor', 'x': Boom()}))
+    with pytest.raises(GRU4RecError, match='Refusing to load'):
+        GRU4Rec.loadmodel(evil)
+    assert not (tmp_path / 'pwned').exists()
+    theano = tmp_path / 'theano.pickle'   # what the original's savemodel wrote: a pickled gru4rec.GRU4Rec
+    theano.write_bytes(b'\x80\x02cgru4rec\nGRU4Rec\nq\x00)\x81q\x01}q\x02b.')
+    with pytest.raises(GRU4RecError, match='original Theano GRU4Rec'):
+        GRU4Rec.loadmodel(theano)
+    truncated = tmp_path / 'truncated.pickle'
+    good = io.BytesIO()
+    pickle.dump({'format': 'gru4rec-pytensor', 'weights': np.zeros(1000)}, good)
+    truncated.write_bytes(good.getvalue()[:100])
+    with pytest.raises(GRU4RecError, match='truncated'):
+        GRU4Rec.loadmodel(truncated)
+
+
+def test_predict_next_batch_matches_numpy_and_keeps_state():
+    m = trained(final_act='softmax', dropout_p_hidden=0.0)
+    w = {k: v.astype(np.float64) for k, v in m.get_weights().items()}
+    ids = m.itemidmap.index
+
+    def np_step(h, item):
+        a = w['Wx0'][m.itemidmap[item]] + w['Bh0']
+        rz = ref.sigmoid(a[6:] + h @ w['Wrz0'])
+        hc = np.tanh((rz[:6] * h) @ w['Wh0'] + a[:6])
+        h = (1 - rz[6:]) * h + rz[6:] * hc
+        return h, ref.act('softmax', (h @ w['Wy'].T + w['By'][:, 0])[None])[0]
+    h0 = h1 = np.zeros(6)
+    for sess, items in (([7, 8], [ids[0], ids[1]]), ([7, 9], [ids[2], ids[3]])):  # slot 1 changes session
+        out = m.predict_next_batch(sess, items, batch=2)
+        h0, s0 = np_step(h0, items[0])
+        h1, s1 = np_step(h1 if sess[1] == 8 else np.zeros(6), items[1])
+        np.testing.assert_allclose(out[0].values, s0, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(out[1].values, s1, rtol=1e-4, atol=1e-7)
+    subset = m.predict_next_batch([7, 9], [ids[0], ids[0]], predict_for_item_ids=ids[:3], batch=2)
+    assert list(subset.index) == list(ids[:3]) and subset.shape == (3, 2)
+
+
+def test_nan_loss_stops_training_and_blocks_prediction(capsys):
+    m = GRU4Rec(**dict(TINY, loss='cross-entropy', final_act='linear', learning_rate=5.0))  # log of negatives
+    m.fit(generated_sessions())
+    assert m.error_during_train and m.error_epoch == 1
+    assert 'Epoch 1: NaN error!' in capsys.readouterr().out
+    with pytest.raises(GRU4RecError, match='NaN'):
+        evaluation.evaluate_gpu(m, generated_sessions(10, seed=1))
+
+
+@pytest.mark.slow
+def test_numba_backend_matches_reference_backend():
+    """The real CPU backend computes what the numpy-based reference backend computes."""
+    data = generated_sessions(120, 40, seed=2)
+    runs = []
+    for backend in ('python', 'numba'):
+        m = GRU4Rec(layers=[8], n_epochs=2, batch_size=6, n_sample=10, loss='bpr-max', final_act='elu-0.5',
+                    momentum=0.3, learning_rate=0.1, backend=backend).fit(data)
+        runs.append((m, evaluation.evaluate_gpu(m, generated_sessions(40, 40, seed=3), cut_off=[5, 10])))
+    (a, ma), (b, mb) = runs
+    np.testing.assert_allclose([e['loss'] for e in a.epoch_stats_], [e['loss'] for e in b.epoch_stats_], rtol=1e-5)
+    np.testing.assert_allclose(ma, mb, atol=1e-4)
