@@ -8,7 +8,6 @@ above it; ties are resolved by `mode`:
   median        #(score > target) + (#(score == target) - 1) / 2 + 1
   tiebreaking   standard, after adding uniform(0, 1e-10) noise to every score
 """
-import time
 
 import numpy as np
 import pandas as pd

@@ -14,7 +14,6 @@ N = number of items, L_i = units of GRU layer i, L = units of the last layer.
 import functools
 import math
 import pickle
-import sys
 import time
 import os
 import tempfile
@@ -665,6 +664,9 @@ class GRU4Rec:
         sample_store = _to_int_arg(sample_store, 'sample_store')
         data = self._training_frame(data)
         self._check()
+        if len(data) == 0 or data.groupby(self.session_key).size().max() < 2:
+            raise GRU4RecError('The training data has no session with at least 2 events')
+        # nothing of the model changes before this point: a rejected input leaves it as it was
         self._predict_fns, self._pred_state = {}, None
         self.error_during_train = False
         self.error_epoch = None
@@ -673,8 +675,6 @@ class GRU4Rec:
         self.itemidmap = pd.Series(np.arange(len(itemids), dtype=np.int32), index=itemids, name='ItemIdx')
         self.n_items = len(itemids)
         items, offsets, times = self._sort_and_index(data)
-        if len(offsets) - 1 < 1 or np.all(np.diff(offsets) < 2):
-            raise GRU4RecError('The training data has no session with at least 2 events')
         rng = np.random.RandomState(self.seed)   # the original's init draws for seed 42
         self._setup(np.bincount(items, minlength=self.n_items), rng)
         sampler = NegativeSampler(self.item_support, self.sample_alpha, self.n_sample, sample_store,

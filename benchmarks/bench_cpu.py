@@ -15,6 +15,9 @@ for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'NUMBA
     os.environ.setdefault(var, '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from gru4rec import GRU4Rec  # noqa: E402
@@ -24,6 +27,23 @@ CONFIGS = {
                     sample_alpha=0.5, dropout_p_hidden=0.4, learning_rate=0.2, momentum=0.2),
     'bpr-max': dict(loss='bpr-max', final_act='elu-0.5', bpreg=1.0, sample_alpha=0.0, learning_rate=0.2, momentum=0.3),
 }
+
+
+def calibration(n_items, layers, k):
+    """Median microseconds of the two kinds of work a step is made of, measured with plain numpy: a row
+    gather from an item matrix (memory-bound) and the score GEMM. On a shared VM these vary over time."""
+    rng = np.random.default_rng(0)
+    W = rng.random((n_items, layers), dtype=np.float32)
+    h = rng.random((32, layers), dtype=np.float32)
+    idx = rng.integers(n_items, size=k)
+    def med(f):
+        times = []
+        for _ in range(200):
+            t = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t)
+        return 1e6 * float(np.median(times))
+    return med(lambda: W[idx]), med(lambda: h @ W[idx[:k]].T)
 
 
 def main():
@@ -41,6 +61,9 @@ def main():
     print(f'data: {args.path}: {len(data)} events, {data.ItemId.nunique()} items, {data.SessionId.nunique()} sessions')
     print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, '
           f'threads={os.environ["OPENBLAS_NUM_THREADS"]}, backend={args.backend}')
+    gather_us, gemm_us = calibration(data.ItemId.nunique(), args.layers, args.batch_size + args.n_sample)
+    print(f'calibration: gather of {args.batch_size + args.n_sample} rows {gather_us:.0f} us, '
+          f'score GEMM {gemm_us:.0f} us (numpy)')
     rows = []
     for name in args.losses:
         m = GRU4Rec(layers=[args.layers], batch_size=args.batch_size, n_sample=args.n_sample, n_epochs=args.epochs,

@@ -1,6 +1,5 @@
 """run.py as a user runs it: a subprocess per call. Most calls use the fast-compiling 'python' backend;
 test_end_to_end_numba runs the real CPU backend on the bundled RSC15 sample."""
-import gzip
 import os
 import re
 import subprocess
@@ -157,3 +156,25 @@ def test_end_to_end_numba_on_bundled_rsc15(tmp_path):
     recall20 = float(re.search(r'^Recall@20: (\S+)', r.stdout, re.M).group(1))
     assert 0.05 < recall20 <= 1.0      # far above chance (20 / 2,561 items ~ 0.008)
     assert model.stat().st_size > 0
+
+
+def test_configuration_precedence(tmp_path):
+    import run as cli
+    rc = tmp_path / 'flags'
+    rc.write_text('[global]\nfloatX = float64\ndevice = cpu\nbackend = python\nblas_threads = 1\n')
+    own, flags = cli.resolve_config(environ={}, flags_file=str(rc))
+    assert own == {'device': 'cpu', 'backend': 'python', 'blas_threads': '1'} and flags == {'floatX': 'float64'}
+    env = {'THEANO_FLAGS': 'floatX=float32,backend=numba', 'PYTENSOR_FLAGS': 'floatX=float16'}
+    own, flags = cli.resolve_config(environ=env, flags_file=str(rc))
+    assert own['backend'] == 'numba' and flags['floatX'] == 'float16'      # PYTENSOR_FLAGS > THEANO_FLAGS > file
+    own, _ = cli.resolve_config(cli_backend='python', environ=env, flags_file=str(rc))
+    assert own['backend'] == 'python'                                      # command line > environment
+    own, _ = cli.resolve_config(cli_device='cuda:1', environ={}, flags_file=str(rc))
+    assert own == {'device': 'cuda:1', 'backend': 'jax', 'blas_threads': '1'}   # the device picks its backend
+    own, _ = cli.resolve_config(environ={'THEANO_FLAGS': 'device=cuda0'}, flags_file=str(tmp_path / 'none'))
+    assert own['device'] == 'cuda0' and own['backend'] == 'jax'             # old Theano-style device flag
+    with pytest.raises(cli.InputError, match='Unknown device'):
+        cli.resolve_config(cli_device='tpu', environ={}, flags_file=str(rc))
+    env = {}
+    cli.apply_config({'device': 'cpu', 'backend': 'numba', 'blas_threads': '1'}, {'floatX': 'float32'}, environ=env)
+    assert env['PYTENSOR_FLAGS'] == 'floatX=float32' and env['OPENBLAS_NUM_THREADS'] == '1'

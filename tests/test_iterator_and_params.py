@@ -138,5 +138,9 @@ def test_fit_does_not_modify_callers_frame_and_checks_columns():
         m.fit(df.drop(columns='Time'))
     with pytest.raises(GRU4RecError, match='must be numeric'):
         m.fit(df.assign(SessionId=['a', 'a', 'b', 'b']))
+    weights = m.get_weights()
     with pytest.raises(GRU4RecError, match='at least 2 events'):
         m.fit(pd.DataFrame({'SessionId': [1, 2], 'ItemId': [1, 2], 'Time': [0, 0]}))
+    assert list(m.itemidmap.index) == [5, 6, 7]     # a rejected input leaves the trained model as it was
+    for k, v in m.get_weights().items():
+        np.testing.assert_array_equal(v, weights[k])

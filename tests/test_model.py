@@ -120,6 +120,10 @@ def test_initial_weights_follow_the_original_draw_order():
     for name, expected in (('E', E), ('Wx0', Wx), ('Wh0', Wh), ('Wrz0', Wrz), ('Wy', Wy)):
         np.testing.assert_array_equal(w[name], expected)
     assert not w['Bh0'].any() and not w['By'].any()
+    normal = GRU4Rec(layers=[50], sigma=0.3, init_as_normal=True, backend='python')
+    normal._setup(np.ones(2000, dtype=np.int64), np.random.RandomState(1))
+    wy = normal.get_weights()['Wy']
+    assert abs(wy.std() - 0.3) < 0.01 and abs(wy.mean()) < 0.01 and np.abs(wy).max() > 0.9   # N(0, sigma), unbounded
 
 
 def test_save_load_same_metrics_and_predictions(tmp_path):
