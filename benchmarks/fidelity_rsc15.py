@@ -2,6 +2,7 @@
 MRR@20 (standard ties) on test, for several seeds, and compare with reference numbers.
 
     python benchmarks/fidelity_rsc15.py [--data data/rsc15_64] [--seeds 42 7] [--configs NAME ...]
+                                        [--extra grad_cap=1.0,...]
 
 Reference: the author's official PyTorch port run on the same files (two runs each).
 """
@@ -20,7 +21,7 @@ import pandas as pd  # noqa: E402
 
 import evaluation  # noqa: E402
 from gru4rec import GRU4Rec  # noqa: E402
-from run import load_parameter_file  # noqa: E402
+from run import load_parameter_file, parse_parameter_string  # noqa: E402
 
 REFERENCE = {  # parameter file: (Recall@20 runs, MRR@20 runs) of the official PyTorch port
     'rsc15_bpr-max_constrained': ((0.5063, 0.5020), (0.2353, 0.2314)),
@@ -35,6 +36,7 @@ def main():
     p.add_argument('--seeds', type=int, nargs='+', default=[42, 7])
     p.add_argument('--configs', nargs='+', default=list(REFERENCE), choices=list(REFERENCE))
     p.add_argument('--backend', default='numba')
+    p.add_argument('--extra', default='', help='parameter string applied on top of the parameter files (diagnostics)')
     args = p.parse_args()
     read = lambda name: pd.read_csv(os.path.join(args.data, name), sep='\t', dtype={'ItemId': str})
     train, test = read('rec15_64_train_full.txt.gz'), read('rec15_64_test.txt.gz')
@@ -44,7 +46,10 @@ def main():
         recalls, mrrs = [], []
         for seed in args.seeds:
             t0 = time.time()
-            model = GRU4Rec(backend=args.backend, seed=seed, **params).fit(train)
+            model = GRU4Rec(backend=args.backend, seed=seed, **params)
+            if args.extra:
+                model.set_params(**parse_parameter_string(args.extra))
+            model.fit(train)
             (r,), (m,) = evaluation.evaluate_gpu(model, test, cut_off=[20], batch_size=512)
             print(f'{name} seed={seed}: Recall@20 {r:.4f} MRR@20 {m:.4f} ({time.time() - t0:.0f}s)', flush=True)
             recalls.append(r)
