@@ -74,6 +74,23 @@ def test_parameter_file_and_keys(files, tmp_path):
     assert 'using conservative mode' in r.stdout
 
 
+def test_pickle_input_store_options_and_model_module(files, tmp_path):
+    pickled = tmp_path / 'train.pickle'
+    pd.read_csv(files['train'], sep='\t', dtype={'ItemId': str}).to_pickle(pickled)
+    r = run(pickled, '-t', files['test'], '-ps', TINY, '-ss', 0, '--sample_store_on_cpu')
+    assert r.returncode == 0, r.stderr
+    assert f'Loading data from pickle file: {pickled}' in r.stdout
+    assert 'WARNING! The sample store is set to be on the CPU.' in r.stdout
+    assert 'No example store was used' in r.stdout          # -ss 0: negatives drawn every step, no crash
+    (tmp_path / 'my_variant.py').write_text('from gru4rec import *  # noqa\nfrom gru4rec import GRU4Rec, GRU4RecError\n'
+                                            'print("variant module loaded")\n')
+    r = run(files['train'], '-t', files['test'], '-ps', TINY, '-g', 'my_variant', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert 'variant module loaded' in r.stdout
+    r = run(files['train'], '-ps', TINY, '-g', 'no_such_module', cwd=tmp_path)
+    assert r.returncode == 2 and 'Cannot import the model module' in r.stderr
+
+
 def test_test_against_items(files):
     # fewer than 50000 candidates are allowed only when they cover a smaller catalogue (30 items here)
     r = run(files['train'], '-t', files['test'], '-ps', TINY, '--test_against_items', 40)
