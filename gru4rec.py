@@ -12,6 +12,7 @@ Shapes: M = active session slots in a minibatch, K = M + n_sample scored items p
 N = number of items, L_i = units of GRU layer i, L = units of the last layer.
 """
 import functools
+import json
 import math
 import pickle
 import time
@@ -456,20 +457,29 @@ class GRU4Rec:
             return (rng.randn(rows, cols) * sigma).astype(FLOAT)
         return (rng.rand(rows, cols) * sigma * 2 - sigma).astype(FLOAT)
 
-    def _init_weights(self, rng):
-        """Initial weights as numpy arrays, in the original's draw order (so seed 42 gives its numbers)."""
-        n, w = self.n_items, OrderedDict()
+    def _weight_shapes(self):
+        """Name -> shape of every weight, in the order _init_weights creates them."""
+        n, shapes = self.n_items, OrderedDict()
         if self.embedding_mode == 'separate':
-            w['E'] = self._init_matrix(rng, n, self.embedding)
+            shapes['E'] = (n, self.embedding)
         for i, units in enumerate(self.layers):
             fan_in = self.layers[i - 1] if i > 0 else {'onehot': n, 'separate': self.embedding,
                                                        'shared': self.layers[-1]}[self.embedding_mode]
-            w[f'Wx{i}'] = np.hstack([self._init_matrix(rng, fan_in, units) for _ in range(3)])
-            w[f'Wh{i}'] = self._init_matrix(rng, units, units)
-            w[f'Wrz{i}'] = np.hstack([self._init_matrix(rng, units, units) for _ in range(2)])
-            w[f'Bh{i}'] = np.zeros(3 * units, dtype=FLOAT)
-        w['Wy'] = self._init_matrix(rng, n, self.layers[-1])
-        w['By'] = np.zeros((n, 1), dtype=FLOAT)
+            shapes.update({f'Wx{i}': (fan_in, 3 * units), f'Wh{i}': (units, units), f'Wrz{i}': (units, 2 * units),
+                           f'Bh{i}': (3 * units,)})
+        shapes.update(Wy=(n, self.layers[-1]), By=(n, 1))
+        return shapes
+
+    def _init_weights(self, rng):
+        """Initial weights as numpy arrays, in the original's draw order (so seed 42 gives its numbers): each
+        gate block of Wx (3) and Wrz (2) is drawn separately with its own width; biases are zeros."""
+        w = OrderedDict()
+        for name, shape in self._weight_shapes().items():
+            if name.startswith(('Bh', 'By')):
+                w[name] = np.zeros(shape, dtype=FLOAT)
+                continue
+            blocks = 3 if name.startswith('Wx') else 2 if name.startswith('Wrz') else 1
+            w[name] = np.hstack([self._init_matrix(rng, shape[0], shape[1] // blocks) for _ in range(blocks)])
         return w
 
     def _set_weights(self, arrays):
@@ -836,21 +846,45 @@ class GRU4Rec:
 
     # --- persistence -----------------------------------------------------------------------
     def savemodel(self, fname):
-        """Save the trained model (parameters, item map, weights) to `fname` atomically (temp file + rename).
-        The file is a pickle of plain data only (no classes), readable by loadmodel."""
+        """Save the trained model atomically (temp file + rename: an interrupted save never leaves a broken
+        file at `fname`). The format follows the extension: `.pickle`/`.pkl` write a pickle of plain data
+        (compatibility); anything else (e.g. `model.gru4rec`) writes the safe format: a zip of arrays with a
+        JSON header, which loads without unpickling anything."""
         self._require_trained()
-        state = {'format': MODEL_FORMAT, 'version': MODEL_VERSION, 'params': dict(self.get_params()),
-                 'item_ids': np.asarray(self.itemidmap.index), 'item_support': self.item_support,
-                 'weights': dict(self.get_weights())}
-        _atomic_write(fname, lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL))
+        ids = np.asarray(self.itemidmap.index)
+        params, weights = dict(self.get_params()), dict(self.get_weights())
+        if str(fname).endswith(('.pickle', '.pkl')):
+            state = {'format': MODEL_FORMAT, 'version': MODEL_VERSION, 'params': params, 'item_ids': ids,
+                     'item_support': self.item_support, 'weights': weights}
+            _atomic_write(fname, lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL))
+            return
+        if ids.dtype.kind not in 'iuf':
+            if not all(isinstance(i, str) for i in ids):
+                raise GRU4RecError('Item IDs mixing strings and numbers cannot be stored in the safe format; '
+                                   'save to a .pickle file instead')
+            ids = ids.astype(str)
+        header = {'format': MODEL_FORMAT, 'version': MODEL_VERSION, 'params': params,
+                  'item_id_kind': 'str' if ids.dtype.kind == 'U' else 'numeric', 'weights': list(weights)}
+        arrays = {'header': np.frombuffer(json.dumps(header).encode('utf-8'), dtype=np.uint8),
+                  'item_ids': ids, 'item_support': self.item_support}
+        arrays.update({f'w_{k}': v for k, v in weights.items()})
+        _atomic_write(fname, lambda f: np.savez(f, **arrays))
 
     @classmethod
     def loadmodel(cls, fname, backend=None):
-        """Load a model saved by savemodel. Only plain data is unpickled (numpy arrays, builtins); files of
-        the original Theano GRU4Rec or other pickles are refused with a GRU4RecError."""
+        """Load a model saved by savemodel, recognising the format by its content. The safe format is read
+        with numpy's allow_pickle=False; a .pickle is read with a loader that accepts plain data only (numpy
+        arrays, builtins), so files of the original Theano GRU4Rec or crafted pickles are refused."""
         try:
             with open(fname, 'rb') as f:
-                state = _DataUnpickler(f).load()
+                magic = f.read(4)
+                f.seek(0)
+                if magic == b'PK\x03\x04':
+                    state = _read_safe_model(f, fname)
+                else:
+                    print('Loading a pickled model: pickles from untrusted sources can run code. This loader '
+                          'accepts plain data only; prefer the safe format (e.g. -s model.gru4rec).')
+                    state = _DataUnpickler(f).load()
         except OSError as e:
             raise GRU4RecError(f'Cannot read model file {fname}: {e.strerror}') from None
         except GRU4RecError:
@@ -864,13 +898,33 @@ class GRU4Rec:
         params = dict(state['params'])
         if backend is not None:
             params['backend'] = backend
-        model = cls(**params)
-        ids = state['item_ids']
-        model.itemidmap = pd.Series(np.arange(len(ids), dtype=np.int32), index=ids, name='ItemIdx')
-        model.n_items = len(ids)
-        model.item_support = np.asarray(state['item_support'])
-        model._set_weights(state['weights'])
+        try:
+            model = cls(**params)
+            ids = state['item_ids']
+            model.itemidmap = pd.Series(np.arange(len(ids), dtype=np.int32), index=ids, name='ItemIdx')
+            model.n_items = len(ids)
+            model.item_support = np.asarray(state['item_support'])
+            expected = model._weight_shapes()
+            weights = state['weights']
+            if list(weights) != list(expected) or any(np.shape(weights[k]) != v for k, v in expected.items()):
+                raise GRU4RecError(f'{fname}: the stored weights do not fit the stored parameters')
+        except (GRU4RecError, TypeError, KeyError, ValueError) as e:
+            raise GRU4RecError(f'{fname} is not a consistent GRU4Rec model file: {e}') from None
+        model._set_weights(weights)
         return model
+
+
+def _read_safe_model(f, fname):
+    """The state dict of a safe-format model file (numpy zip, no pickles allowed)."""
+    with np.load(f, allow_pickle=False) as z:
+        header = json.loads(bytes(z['header']).decode('utf-8'))
+        if not isinstance(header, dict):
+            raise GRU4RecError(f'{fname} is not a GRU4Rec model file of this implementation')
+        if header.get('format') == MODEL_FORMAT and header.get('version') == MODEL_VERSION:
+            header['item_ids'] = z['item_ids'].astype(object) if header.get('item_id_kind') == 'str' else z['item_ids']
+            header['item_support'] = z['item_support']
+            header['weights'] = OrderedDict((k, z[f'w_{k}']) for k in header['weights'])
+        return header
 
 
 # ---------------------------------------------------------------------------------------------

@@ -102,7 +102,8 @@ def build_parser():
     p.add_argument('-ps', '--parameter_string', metavar='PARAM_STRING', help='parameters, e.g. loss=bpr-max,layers=100/100,n_epochs=10')
     p.add_argument('-pf', '--parameter_file', metavar='PARAM_PATH', help='Python file defining the OrderedDict gru4rec_params')
     p.add_argument('-l', '--load_model', action='store_true', help='load a saved model from PATH instead of training')
-    p.add_argument('-s', '--save_model', metavar='MODEL_PATH', help='save the trained model here')
+    p.add_argument('-s', '--save_model', metavar='MODEL_PATH',
+                   help='save the trained model here: safe format (e.g. model.gru4rec), or a pickle if it ends in .pickle')
     p.add_argument('-t', '--test', metavar='TEST_PATH', nargs='+', help='test file(s) to evaluate on')
     p.add_argument('-m', '--measure', metavar='AT', type=int, nargs='+', default=[20], help='cut-offs of recall and MRR (default: 20)')
     p.add_argument('-e', '--eval_type', metavar='EVAL_TYPE', choices=['standard', 'conservative', 'median', 'tiebreaking'],

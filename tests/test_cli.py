@@ -164,7 +164,7 @@ def test_bad_input_is_one_error_line(bad_files, tmp_path, name, args, message):
 @pytest.mark.slow
 def test_end_to_end_numba_on_bundled_rsc15(tmp_path):
     """The real CPU backend on a bundled real sample: train on the RSC15 1/64 validation day, test on the test day."""
-    model = tmp_path / 'm.pickle'
+    model = tmp_path / 'm.gru4rec'
     r = run(os.path.join(DATA, 'rec15_64_train_valid.txt.gz'), '-t', os.path.join(DATA, 'rec15_64_test.txt.gz'),
             '-ps', 'loss=cross-entropy,final_act=softmax,layers=32,n_epochs=2,n_sample=256,constrained_embedding=True,logq=1,sample_alpha=0.5',
             '-m', 5, 20, '-s', model, backend='numba')
@@ -172,7 +172,9 @@ def test_end_to_end_numba_on_bundled_rsc15(tmp_path):
     assert re.search(r'^Dropped \d+ test events with items unseen in training', r.stdout, re.M)
     recall20 = float(re.search(r'^Recall@20: (\S+)', r.stdout, re.M).group(1))
     assert 0.05 < recall20 <= 1.0      # far above chance (20 / 2,561 items ~ 0.008)
-    assert model.stat().st_size > 0
+    r2 = run(model, '-l', '-t', os.path.join(DATA, 'rec15_64_test.txt.gz'), '-m', 5, 20, backend='numba')
+    assert r2.returncode == 0, r2.stderr
+    assert re.findall(r'^Recall@.*$', r2.stdout, re.M) == re.findall(r'^Recall@.*$', r.stdout, re.M)
 
 
 def test_configuration_precedence(tmp_path):

@@ -126,17 +126,52 @@ def test_initial_weights_follow_the_original_draw_order():
     assert abs(wy.std() - 0.3) < 0.01 and abs(wy.mean()) < 0.01 and np.abs(wy).max() > 0.9   # N(0, sigma), unbounded
 
 
-def test_save_load_same_metrics_and_predictions(tmp_path):
+@pytest.mark.parametrize('suffix', ['.gru4rec', '.pickle'])
+def test_save_load_same_metrics_and_predictions(tmp_path, suffix, capsys):
     m = trained(loss='bpr-max', final_act='elu-0.5', embedding=4)
     test = generated_sessions(30, seed=9)
     before = evaluation.evaluate_gpu(m, test, cut_off=[1, 5, 10])
-    path = tmp_path / 'model.pickle'
+    path = tmp_path / ('model' + suffix)
     m.savemodel(path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]     # no temp file left behind
     loaded = GRU4Rec.loadmodel(path)
+    assert ('pickles from untrusted sources can run code' in capsys.readouterr().out) == (suffix == '.pickle')
     assert loaded.get_params() == m.get_params()
+    assert list(loaded.itemidmap.index) == list(m.itemidmap.index)
     assert evaluation.evaluate_gpu(loaded, test, cut_off=[1, 5, 10]) == before
     for k, v in m.get_weights().items():
         np.testing.assert_array_equal(loaded.get_weights()[k], v)
+
+
+def test_safe_format_keeps_string_item_ids_and_never_unpickles(tmp_path):
+    data = generated_sessions().assign(ItemId=lambda d: 'item-' + d.ItemId.astype(str))
+    m = GRU4Rec(**TINY).fit(data)
+    m.savemodel(tmp_path / 'm.gru4rec')
+    loaded = GRU4Rec.loadmodel(tmp_path / 'm.gru4rec')
+    assert list(loaded.itemidmap.index) == list(m.itemidmap.index) and isinstance(loaded.itemidmap.index[0], str)
+    # a crafted zip whose arrays need unpickling: refused, nothing runs
+    class Boom:
+        def __reduce__(self):
+            return (open, (str(tmp_path / 'pwned'), 'w'))
+    evil = tmp_path / 'evil.gru4rec'
+    with open(evil, 'wb') as f:
+        np.savez(f, header=np.array([Boom()], dtype=object), item_ids=np.array([Boom()], dtype=object))
+    with pytest.raises(GRU4RecError, match='not a GRU4Rec model file'):
+        GRU4Rec.loadmodel(evil)
+    assert not (tmp_path / 'pwned').exists()
+    # weights that do not fit the parameters (e.g. a file edited or from another version)
+    bad = tmp_path / 'bad.gru4rec'
+    with np.load(tmp_path / 'm.gru4rec') as z:
+        arrays = dict(z)
+    arrays['w_Wy'] = arrays['w_Wy'][:, :2]
+    with open(bad, 'wb') as f:
+        np.savez(f, **arrays)
+    with pytest.raises(GRU4RecError, match='do not fit'):
+        GRU4Rec.loadmodel(bad)
+    truncated = tmp_path / 'truncated.gru4rec'
+    truncated.write_bytes((tmp_path / 'm.gru4rec').read_bytes()[:300])
+    with pytest.raises(GRU4RecError, match='truncated'):
+        GRU4Rec.loadmodel(truncated)
 
 
 def test_shared_embedding_with_nonzero_embedding_saves(tmp_path):
