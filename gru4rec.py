@@ -457,9 +457,9 @@ class GRU4Rec:
             return (rng.randn(rows, cols) * sigma).astype(FLOAT)
         return (rng.rand(rows, cols) * sigma * 2 - sigma).astype(FLOAT)
 
-    def _weight_shapes(self):
+    def _weight_shapes(self, n_items=None):
         """Name -> shape of every weight, in the order _init_weights creates them."""
-        n, shapes = self.n_items, OrderedDict()
+        n, shapes = self.n_items if n_items is None else n_items, OrderedDict()
         if self.embedding_mode == 'separate':
             shapes['E'] = (n, self.embedding)
         for i, units in enumerate(self.layers):
@@ -685,6 +685,7 @@ class GRU4Rec:
         self.itemidmap = pd.Series(np.arange(len(itemids), dtype=np.int32), index=itemids, name='ItemIdx')
         self.n_items = len(itemids)
         items, offsets, times = self._sort_and_index(data)
+        self._check_memory(sample_store)
         rng = np.random.RandomState(self.seed)   # the original's init draws for seed 42
         self._setup(np.bincount(items, minlength=self.n_items), rng)
         sampler = NegativeSampler(self.item_support, self.sample_alpha, self.n_sample, sample_store,
@@ -719,6 +720,27 @@ class GRU4Rec:
             print(f'Epoch{epoch + 1} --> loss: {avg:.6f} \t({secs:.2f}s) \t'
                   f'[{n_steps / secs:.2f} mb/s | {n_events / secs:.0f} e/s]')
         return self
+
+    def memory_estimate(self, n_items, sample_store=10000000):
+        """Bytes that training allocates for the item-indexed weights, their optimiser states and the
+        negative-sample store, by part. The dense GRU weights and per-step buffers are comparatively tiny."""
+        shapes = self._weight_shapes(n_items)
+        item_weights = sum(4 * int(np.prod(v)) for k, v in shapes.items() if v[0] == n_items)
+        states = {'adagrad': 1, 'rmsprop': 1, 'adadelta': 2, 'adam': 3, 'adam_legacy': 3}.get(self.adapt, 0)
+        states += self.momentum > 0
+        rows = sample_store // self.n_sample if self.n_sample else 0
+        store = 4 * self.n_sample * (rows if rows > 1 else 1)
+        return {'item weights': item_weights, 'optimiser state': states * item_weights, 'sample store': store}
+
+    def _check_memory(self, sample_store):
+        parts = self.memory_estimate(self.n_items, sample_store)
+        need, free = sum(parts.values()), available_memory()
+        if free is not None and need > free:
+            gib = lambda b: f'{b / 2 ** 30:.2f} GiB'
+            detail = ', '.join(f'{k} {gib(v)}' for k, v in parts.items())
+            raise GRU4RecError(f'Training needs about {gib(need)} ({detail}) but only {gib(free)} of memory is '
+                               f'available: lower layers/embedding (item matrices), use momentum=0 or adagrad '
+                               f'(optimiser state), or lower the sample store size (-ss)')
 
     def _setup(self, item_support, rng):
         """Fresh weights (drawn from rng) and the item support used by logQ and sampling."""
@@ -1024,6 +1046,21 @@ class NoiseInputs:
         self.inputs.append(pt.fmatrix(f'U{len(self.inputs)}'))
         self.widths.append(width)
         return self.inputs[-1]
+
+
+def available_memory():
+    """Bytes of memory available to a new allocation on this machine (Linux MemAvailable), or None."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _dropout(x, p, u):

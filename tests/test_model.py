@@ -245,3 +245,18 @@ def test_numba_backend_matches_reference_backend():
     (a, ma), (b, mb) = runs
     np.testing.assert_allclose([e['loss'] for e in a.epoch_stats_], [e['loss'] for e in b.epoch_stats_], rtol=1e-5)
     np.testing.assert_allclose(ma, mb, atol=1e-4)
+
+
+def test_memory_estimate_and_refusal(monkeypatch):
+    import gru4rec as module
+    m = GRU4Rec(layers=[100], n_sample=2048, momentum=0.5, adapt='adagrad', backend='python')
+    parts = m.memory_estimate(2_000_000, sample_store=10_000_000)
+    assert not hasattr(m, 'n_items')                           # estimating changes nothing
+    item_weights = 4 * 2_000_000 * (300 + 100 + 1)                # one-hot Wx0, Wy, By
+    assert parts == {'item weights': item_weights, 'optimiser state': 2 * item_weights,
+                     'sample store': 4 * 2048 * (10_000_000 // 2048)}
+    monkeypatch.setattr(module, 'available_memory', lambda: 10 * 2 ** 20)   # pretend 10 MiB are free
+    data = generated_sessions()
+    with pytest.raises(GRU4RecError, match=r'needs about .* GiB .*sample store .* lower the sample store size'):
+        GRU4Rec(**TINY).fit(data)                              # the 10M-id store alone is ~40 MB
+    GRU4Rec(**TINY).fit(data, sample_store=1000)               # a small store fits
