@@ -14,11 +14,12 @@ N = number of items, L_i = units of GRU layer i, L = units of the last layer.
 import functools
 import json
 import math
-import pickle
-import time
 import os
+import pickle
 import tempfile
+import time
 import warnings
+import zlib
 from collections import OrderedDict
 
 import numpy as np
@@ -40,6 +41,7 @@ EPS = np.float32(1e-6)        # optimiser epsilon
 LOG_EPS = np.float32(1e-24)   # inside the logs of the cross-entropy and bpr-max losses
 MODEL_FORMAT = 'gru4rec-pytensor'
 MODEL_VERSION = 1
+CHECKPOINT_NAME = 'checkpoint.gru4rec'
 
 
 class GRU4RecError(ValueError):
@@ -662,8 +664,12 @@ class GRU4Rec:
         return g
 
     # --- training ----------------------------------------------------------------------------
-    def fit(self, data, sample_store=10000000, store_type='gpu'):
+    def fit(self, data, sample_store=10000000, store_type='gpu', checkpoint_dir=None, resume=False):
         """Train on a DataFrame with session, item and time columns (the frame is not modified).
+
+        checkpoint_dir: if given, the full training state (weights, optimiser states, random streams, sample
+        store) is saved there after every epoch, atomically. resume=True continues from that checkpoint
+        (same parameters and data required) and ends with the same model as an uninterrupted run.
 
         sample_store: how many negative-sample item indices to precompute at once (0 = draw per step).
         store_type: 'gpu' or 'cpu'; both are generated with numpy on the host in this version (identical
@@ -671,6 +677,13 @@ class GRU4Rec:
         the epoch and step; error_during_train is then True and the model refuses to predict or save."""
         if store_type not in ('gpu', 'cpu'):
             raise GRU4RecError(f'Invalid store type {store_type} (use gpu or cpu)')
+        if resume and not checkpoint_dir:
+            raise GRU4RecError('resume needs the checkpoint_dir to resume from')
+        checkpoint = os.path.join(checkpoint_dir, CHECKPOINT_NAME) if checkpoint_dir else None
+        if resume and not os.path.isfile(checkpoint):
+            raise GRU4RecError(f'No checkpoint to resume from in {checkpoint_dir}')
+        if checkpoint_dir and not resume:
+            os.makedirs(checkpoint_dir, exist_ok=True)
         sample_store = _to_int_arg(sample_store, 'sample_store')
         data = self._training_frame(data)
         self._check()
@@ -694,7 +707,10 @@ class GRU4Rec:
         train_fn, noise_widths = self._compile_train()
         noise_rng = np.random.default_rng([self.seed, 2])
         base_order = np.argsort(times[offsets[:-1]]) if self.time_sort else np.arange(len(offsets) - 1)
-        for epoch in range(self.n_epochs):
+        streams = TrainingStreams(rng, sampler, noise_rng)
+        fingerprint = _data_fingerprint(items, offsets)
+        first_epoch = self._restore_checkpoint(checkpoint, fingerprint, streams) if resume else 0
+        for epoch in range(first_epoch, self.n_epochs):
             t0 = time.time()
             order = rng.permutation(len(offsets) - 1) if self.train_random_order else base_order
             H = [np.zeros((min(self.batch_size, len(order)), u), dtype=FLOAT) for u in self.layers]
@@ -719,7 +735,47 @@ class GRU4Rec:
             self.epoch_stats_.append({'epoch': epoch + 1, 'loss': avg, 'seconds': secs, 'steps': n_steps, 'events': n_events})
             print(f'Epoch{epoch + 1} --> loss: {avg:.6f} \t({secs:.2f}s) \t'
                   f'[{n_steps / secs:.2f} mb/s | {n_events / secs:.0f} e/s]')
+            if checkpoint:
+                self._save_checkpoint(checkpoint, epoch + 1, fingerprint, streams)
         return self
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def _save_checkpoint(self, fname, epochs_done, fingerprint, streams):
+        """A model file (loadable with loadmodel) plus what resuming needs: optimiser states, random
+        streams, sample store, finished epochs and their statistics, and a fingerprint of the data."""
+        header, arrays = self._model_payload()
+        stream_header, stream_arrays = streams.get_state()
+        header['checkpoint'] = {'epochs_done': epochs_done, 'fingerprint': fingerprint,
+                                'epoch_stats': self.epoch_stats_, 'streams': stream_header,
+                                'n_states': len(self._opt_states)}
+        arrays.update({f'state_{i}': v.get_value() for i, v in enumerate(self._opt_states)})
+        arrays.update(stream_arrays)
+        _write_safe(fname, header, arrays)
+
+    def _restore_checkpoint(self, fname, fingerprint, streams):
+        """Load a checkpoint into the freshly set-up training run; returns the number of finished epochs."""
+        with open(fname, 'rb') as f, np.load(f, allow_pickle=False) as z:
+            header = json.loads(bytes(z['header']).decode('utf-8'))
+            ckpt = header.get('checkpoint')
+            if header.get('format') != MODEL_FORMAT or not ckpt:
+                raise GRU4RecError(f'{fname} is not a GRU4Rec checkpoint')
+            mine, theirs = dict(self.get_params()), dict(header['params'])
+            mine.pop('backend'), theirs.pop('backend', None)
+            if mine != theirs:
+                diff = ', '.join(k for k in mine if mine[k] != theirs.get(k))
+                raise GRU4RecError(f'The checkpoint in {fname} was made with other parameters ({diff})')
+            if ckpt['fingerprint'] != fingerprint:
+                raise GRU4RecError(f'The checkpoint in {fname} was made with other training data')
+            if ckpt['n_states'] != len(self._opt_states):
+                raise GRU4RecError(f'{fname} does not match this version of the model')
+            for name, var in self.weights.items():
+                var.set_value(z[f'w_{name}'])
+            for i, var in enumerate(self._opt_states):
+                var.set_value(z[f'state_{i}'])
+            streams.set_state(ckpt['streams'], z)
+        self.epoch_stats_ = ckpt['epoch_stats']
+        print(f'Resuming from {fname} after epoch {ckpt["epochs_done"]}')
+        return ckpt['epochs_done']
 
     def memory_estimate(self, n_items, sample_store=10000000):
         """Bytes that training allocates for the item-indexed weights, their optimiser states and the
@@ -762,6 +818,8 @@ class GRU4Rec:
         fn = pytensor.function(inputs, [cost] + new_H, updates=list(updates.items()),
                                mode=custom_opt.compile_mode(self.backend))
         fn.trust_input = True
+        weights = set(self.weights.values())
+        self._opt_states = [v for v in updates if v not in weights]   # Adagrad accumulators, velocities, ...
         return fn, noise.widths
 
     # --- prediction --------------------------------------------------------------------------
@@ -873,24 +931,29 @@ class GRU4Rec:
         (compatibility); anything else (e.g. `model.gru4rec`) writes the safe format: a zip of arrays with a
         JSON header, which loads without unpickling anything."""
         self._require_trained()
-        ids = np.asarray(self.itemidmap.index)
-        params, weights = dict(self.get_params()), dict(self.get_weights())
         if str(fname).endswith(('.pickle', '.pkl')):
-            state = {'format': MODEL_FORMAT, 'version': MODEL_VERSION, 'params': params, 'item_ids': ids,
-                     'item_support': self.item_support, 'weights': weights}
+            state = {'format': MODEL_FORMAT, 'version': MODEL_VERSION, 'params': dict(self.get_params()),
+                     'item_ids': np.asarray(self.itemidmap.index), 'item_support': self.item_support,
+                     'weights': dict(self.get_weights())}
             _atomic_write(fname, lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL))
             return
+        header, arrays = self._model_payload()
+        _write_safe(fname, header, arrays)
+
+    def _model_payload(self):
+        """(JSON header, arrays) of the safe model format."""
+        ids = np.asarray(self.itemidmap.index)
         if ids.dtype.kind not in 'iuf':
             if not all(isinstance(i, str) for i in ids):
                 raise GRU4RecError('Item IDs mixing strings and numbers cannot be stored in the safe format; '
                                    'save to a .pickle file instead')
             ids = ids.astype(str)
-        header = {'format': MODEL_FORMAT, 'version': MODEL_VERSION, 'params': params,
+        weights = self.get_weights()
+        header = {'format': MODEL_FORMAT, 'version': MODEL_VERSION, 'params': dict(self.get_params()),
                   'item_id_kind': 'str' if ids.dtype.kind == 'U' else 'numeric', 'weights': list(weights)}
-        arrays = {'header': np.frombuffer(json.dumps(header).encode('utf-8'), dtype=np.uint8),
-                  'item_ids': ids, 'item_support': self.item_support}
+        arrays = {'item_ids': ids, 'item_support': self.item_support}
         arrays.update({f'w_{k}': v for k, v in weights.items()})
-        _atomic_write(fname, lambda f: np.savez(f, **arrays))
+        return header, arrays
 
     @classmethod
     def loadmodel(cls, fname, backend=None):
@@ -934,6 +997,48 @@ class GRU4Rec:
             raise GRU4RecError(f'{fname} is not a consistent GRU4Rec model file: {e}') from None
         model._set_weights(weights)
         return model
+
+
+def _write_safe(fname, header, arrays):
+    """Arrays plus a JSON header in a numpy zip, written atomically."""
+    arrays = dict(arrays, header=np.frombuffer(json.dumps(header).encode('utf-8'), dtype=np.uint8))
+    _atomic_write(fname, lambda f: np.savez(f, **arrays))
+
+
+def _data_fingerprint(items, offsets):
+    return {'events': int(len(items)), 'sessions': int(len(offsets) - 1),
+            'crc32': zlib.crc32(items.tobytes()) ^ zlib.crc32(np.ascontiguousarray(offsets).tobytes())}
+
+
+class TrainingStreams:
+    """The random streams of a training run, saved and restored by checkpoints: the RandomState of the
+    initial weights and the session shuffling, the negative sampler (generator, store, position) and the
+    generator of the dropout noise."""
+
+    def __init__(self, rng, sampler, noise_rng):
+        self.rng, self.sampler, self.noise_rng = rng, sampler, noise_rng
+
+    def get_state(self):
+        kind, keys, pos, has_gauss, gauss = self.rng.get_state()
+        header = {'rng': [kind, int(pos), int(has_gauss), float(gauss)],
+                  'noise': self.noise_rng.bit_generator.state}
+        arrays = {'rng_keys': keys}
+        if self.sampler is not None:
+            header['sampler'] = {'generator': self.sampler.rng.bit_generator.state, 'pos': self.sampler.pos,
+                                 'rows': self.sampler.rows}
+            if self.sampler.rows:
+                arrays['sampler_store'] = self.sampler.store
+        return header, arrays
+
+    def set_state(self, header, z):
+        kind, pos, has_gauss, gauss = header['rng']
+        self.rng.set_state((kind, z['rng_keys'], pos, has_gauss, gauss))
+        self.noise_rng.bit_generator.state = header['noise']
+        if self.sampler is not None:
+            self.sampler.rng.bit_generator.state = header['sampler']['generator']
+            self.sampler.pos = header['sampler']['pos']
+            if self.sampler.rows:
+                self.sampler.store = z['sampler_store']
 
 
 def _read_safe_model(f, fname):

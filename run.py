@@ -120,6 +120,9 @@ def build_parser():
     p.add_argument('-lpm', '--log_primary_metric', action='store_true', help='print "PRIMARY METRIC: <value>" at the first cut-off')
     p.add_argument('--test_against_items', metavar='N_TEST_ITEMS', type=int, default=None,
                    help='rank against the N most popular training items instead of all (N >= 50000 unless the catalogue is smaller)')
+    p.add_argument('--checkpoint_dir', '--checkpoint-dir', metavar='DIR', default=None,
+                   help='save the full training state here after every epoch (atomically)')
+    p.add_argument('--resume', action='store_true', help='continue training from the checkpoint in --checkpoint_dir')
     p.add_argument('--seed', type=int, default=None, help='random seed of weight init, sampling, dropout and shuffling (default: 42)')
     p.add_argument('-d', '--device', default=None, help='cpu or cuda[:N] (default: from the flags file, else cpu)')
     p.add_argument('--backend', choices=['numba', 'jax', 'python'], default=None, help='numba (CPU), jax (GPU or CPU), python (slow reference)')
@@ -136,6 +139,10 @@ def parse_args(argv):
     if sum(map(bool, (args.parameter_string, args.parameter_file, args.load_model))) != 1:
         raise InputError('Exactly one of the following parameters must be provided: '
                          '--parameter_string, --parameter_file, --load_model')
+    if args.resume and not args.checkpoint_dir:
+        raise InputError('--resume needs --checkpoint_dir (the folder of the checkpoint to resume from)')
+    if args.load_model and (args.checkpoint_dir or args.resume):
+        raise InputError('--checkpoint_dir and --resume are for training, not with --load_model')
     if args.load_model and args.save_model:
         raise InputError('--save_model cannot be used with --load_model (the model is not retrained)')
     if any(m < 1 for m in args.measure):
@@ -327,7 +334,8 @@ def _run(args, own, mod, evaluation):
             print('WARNING! The sample store is set to be on the CPU. This will make training significantly slower on the GPU.')
         print('Started training')
         t0 = time.time()
-        gru.fit(data, sample_store=args.sample_store_size, store_type=store_type)
+        gru.fit(data, sample_store=args.sample_store_size, store_type=store_type,
+                checkpoint_dir=args.checkpoint_dir, resume=args.resume)
         if gru.error_during_train:
             print(f'ERROR. Training stopped: the loss became NaN in epoch {gru.error_epoch}. '
                   'No model was saved and no evaluation was run. Try a lower learning_rate or grad_cap.', file=sys.stderr)

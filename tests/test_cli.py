@@ -197,3 +197,31 @@ def test_configuration_precedence(tmp_path):
     env = {}
     cli.apply_config({'device': 'cpu', 'backend': 'numba', 'blas_threads': '1'}, {'floatX': 'float32'}, environ=env)
     assert env['PYTENSOR_FLAGS'] == 'floatX=float32' and env['OPENBLAS_NUM_THREADS'] == '1'
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_model(tmp_path):
+    """Training killed with SIGKILL after a checkpoint, then --resume: same metrics as one uninterrupted run."""
+    import signal
+    import time
+    train = make_sessions(tmp_path / 'train.tsv', n_sessions=2500, n_items=60, seed=4)
+    test = make_sessions(tmp_path / 'test.tsv', n_sessions=200, n_items=60, seed=5)
+    params = ('layers=8,n_epochs=3,batch_size=8,n_sample=16,loss=bpr-max,final_act=elu-0.5,momentum=0.3,'
+              'dropout_p_hidden=0.2,train_random_order=True')
+    full = run(train, '-t', test, '-ps', params, '-m', 5, 20)
+    assert full.returncode == 0, full.stderr
+    ckpt_dir = tmp_path / 'ckpt'
+    cmd = [sys.executable, os.path.join(ROOT, 'run.py'), str(train), '-ps', params, '--checkpoint_dir', str(ckpt_dir),
+           '--backend', 'python']
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (ckpt_dir / 'checkpoint.gru4rec').exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)                     # in epoch 2 (or later): after at least one checkpoint
+    proc.wait()
+    assert (ckpt_dir / 'checkpoint.gru4rec').exists()
+    resumed = run(train, '-t', test, '-ps', params, '-m', 5, 20, '--checkpoint_dir', ckpt_dir, '--resume')
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r'^Resuming from .* after epoch [12]$', resumed.stdout, re.M)   # killed before the end
+    assert re.findall(r'^Recall@.*$', resumed.stdout, re.M) == re.findall(r'^Recall@.*$', full.stdout, re.M)
+    other = run(train, '-ps', params.replace('momentum=0.3', 'momentum=0.2'), '--checkpoint_dir', ckpt_dir, '--resume')
+    assert other.returncode == 2 and 'other parameters (momentum)' in other.stderr
