@@ -692,7 +692,7 @@ class GRU4Rec:
         # nothing of the model changes before this point: a rejected input leaves it as it was
         self._predict_fns, self._pred_state = {}, None
         self.error_during_train = False
-        self.error_epoch = None
+        self.error_epoch = self.error_step = None
         self.epoch_stats_ = []   # per epoch: loss, seconds, steps (minibatches), events
         itemids = data[self.item_key].unique()
         self.itemidmap = pd.Series(np.arange(len(itemids), dtype=np.int32), index=itemids, name='ItemIdx')
@@ -790,7 +790,7 @@ class GRU4Rec:
 
     def _check_memory(self, sample_store):
         parts = self.memory_estimate(self.n_items, sample_store)
-        need, free = sum(parts.values()), available_memory()
+        need, free = sum(parts.values()), available_memory(self.backend == 'jax')
         if free is not None and need > free:
             gib = lambda b: f'{b / 2 ** 30:.2f} GiB'
             detail = ', '.join(f'{k} {gib(v)}' for k, v in parts.items())
@@ -808,7 +808,7 @@ class GRU4Rec:
     def _diverged(self, epoch, step):
         print(f'Epoch {epoch + 1}: NaN error! (step {step}); training stopped')
         self.error_during_train = True
-        self.error_epoch = epoch + 1
+        self.error_epoch, self.error_step = epoch + 1, step
         return self
 
     def _compile_train(self):
@@ -1153,8 +1153,18 @@ class NoiseInputs:
         return self.inputs[-1]
 
 
-def available_memory():
-    """Bytes of memory available to a new allocation on this machine (Linux MemAvailable), or None."""
+def available_memory(accelerator=False):
+    """Bytes available to a new allocation: free memory of the first JAX GPU if accelerator is set and JAX
+    runs on a GPU, else this machine's available RAM (Linux MemAvailable); None if unknown."""
+    if accelerator:
+        try:
+            import jax
+            device = jax.devices()[0]
+            if device.platform == 'gpu':
+                stats = device.memory_stats()
+                return int(stats['bytes_limit'] - stats['bytes_in_use'])
+        except Exception:   # no JAX, no GPU or no statistics: fall back to the host memory
+            pass
     try:
         with open('/proc/meminfo') as f:
             for line in f:

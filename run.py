@@ -188,8 +188,10 @@ def load_data(path, keys, what, quiet=False):
     Item IDs are read as strings from text files, as in the original. Returns (data, what it printed)."""
     import pandas as pd
     session_key, item_key, time_key = keys
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise InputError(f'The {what} file does not exist: {path}')
+    if not os.path.isfile(path):
+        raise InputError(f'The {what} path is not a file: {path}')
     if path.endswith(('.pickle', '.pkl')):
         message = f'Loading data from pickle file: {path}'
         try:
@@ -204,8 +206,10 @@ def load_data(path, keys, what, quiet=False):
             columns = list(pd.read_csv(path, sep='\t', nrows=0).columns)
         except pd.errors.EmptyDataError:
             raise InputError(f'The {what} file is empty: {path}') from None
-        except (UnicodeDecodeError, OSError, EOFError, pd.errors.ParserError) as e:
-            raise InputError(f'Cannot read the {what} file {path}: {type(e).__name__}') from None
+        except Exception as e:  # any decoder error (gzip, zlib, unicode, parser) means: cannot read it
+            raise InputError(f'Cannot read the {what} file {path}: {type(e).__name__}: {e}') from None
+    if any(not str(c).isprintable() for c in columns):
+        raise InputError(f'Cannot read the {what} file {path}: it does not look like tab-separated text')
     labels = (('session IDs', session_key, 'SessionId', 'session_key'), ('item IDs', item_key, 'ItemId', 'item_key'),
               ('time', time_key, 'Time', 'time_key'))
     for label, key, default, param in labels:
@@ -218,7 +222,7 @@ def load_data(path, keys, what, quiet=False):
         message = f'Loading data from TAB separated file: {path}'
         try:
             data = pd.read_csv(path, sep='\t', usecols=[session_key, item_key, time_key], dtype={item_key: str})
-        except (UnicodeDecodeError, OSError, EOFError, pd.errors.ParserError, ValueError) as e:
+        except Exception as e:  # as above: truncated archives fail only here, past the header
             raise InputError(f'Cannot read the {what} file {path}: {type(e).__name__}: {e}') from None
     if len(data) == 0:
         raise InputError(f'The {what} file has no events: {path}')
@@ -261,7 +265,7 @@ def main(argv=None):
 
 def _error(message):
     sys.stdout.flush()
-    print(f'ERROR. {message}', file=sys.stderr)
+    print('ERROR. ' + ' '.join(str(message).split()), file=sys.stderr)   # always one line
     return EXIT_BAD_INPUT
 
 
@@ -337,8 +341,10 @@ def _run(args, own, mod, evaluation):
         gru.fit(data, sample_store=args.sample_store_size, store_type=store_type,
                 checkpoint_dir=args.checkpoint_dir, resume=args.resume)
         if gru.error_during_train:
-            print(f'ERROR. Training stopped: the loss became NaN in epoch {gru.error_epoch}. '
-                  'No model was saved and no evaluation was run. Try a lower learning_rate or grad_cap.', file=sys.stderr)
+            kept = ' (the checkpoint of the last finished epoch is kept)' if args.checkpoint_dir else ''
+            print(f'ERROR. Training stopped: the loss became NaN in epoch {gru.error_epoch}, step {gru.error_step}. '
+                  f'No model was saved and no evaluation was run{kept}. Try a lower learning_rate or a grad_cap.',
+                  file=sys.stderr)
             return EXIT_TRAINING_FAILED
         print(f'Total training time: {time.time() - t0:.2f}s')
         del data

@@ -120,6 +120,24 @@ BAD = [
     ('too few test items', lambda f: [f['big_train'], '-ps', TINY, '-t', f['test'], '--test_against_items', 5], "mustn't evaluate"),
     ('bad cut-off', lambda f: [f['train'], '-ps', TINY, '-m', 0], 'Cut-offs'),
     ('bad device', lambda f: [f['train'], '-ps', TINY, '-d', 'tpu'], 'Unknown device'),
+    ('directory as data', lambda f: [f['dir'], '-ps', TINY], 'is not a file'),
+    ('binary garbage', lambda f: [f['garbage'], '-ps', TINY], 'does not look like tab-separated text'),
+    ('corrupt gzip', lambda f: [f['bad_gz'], '-ps', TINY], 'Cannot read the training file'),
+    ('NaN session id', lambda f: [f['nan_sessions'], '-ps', TINY], 'SessionId of the training data has missing values'),
+    ('duplicate header line', lambda f: [f['dup_header'], '-ps', TINY], 'repeats its header line'),
+    ('no session of 2 events', lambda f: [f['singletons'], '-ps', TINY], 'no session with at least 2 events'),
+    ('negative dropout', lambda f: [f['train'], '-ps', TINY + ',dropout_p_hidden=-0.1'], 'dropout_p_hidden'),
+    ('zero batch size', lambda f: [f['train'], '-ps', TINY + ',batch_size=0'], 'batch_size'),
+    ('unknown activation', lambda f: [f['train'], '-ps', TINY + ',final_act=swish'], 'final_act'),
+    ('learning rate not positive', lambda f: [f['train'], '-ps', TINY + ',learning_rate=-1'], 'learning_rate'),
+    ('learning rate not a number', lambda f: [f['train'], '-ps', TINY + ',learning_rate=fast'], 'learning_rate'),
+    ('missing parameter file', lambda f: [f['train'], '-pf', 'nope.py'], 'Parameter file not found'),
+    ('parameter file without params', lambda f: [f['train'], '-pf', f['empty_pf']], 'does not define the dict gru4rec_params'),
+    ('load with save', lambda f: [f['train'], '-l', '-s', 'out.gru4rec'], 'cannot be used with --load_model'),
+    ('resume without folder', lambda f: [f['train'], '-ps', TINY, '--resume'], '--resume needs --checkpoint_dir'),
+    ('truncated model', lambda f: [f['truncated_model'], '-l', '-t', f['test']], 'truncated'),
+    ('incompatible model version', lambda f: [f['future_model'], '-l', '-t', f['test']], 'model format version 99'),
+    ('original Theano pickle', lambda f: [f['theano_model'], '-l', '-t', f['test']], 'original Theano GRU4Rec'),
 ]
 
 
@@ -143,22 +161,59 @@ def bad_files(files):
     out['alien_test'] = d / 'alien.tsv'
     df.assign(ItemId='x' + df.ItemId.astype(str)).to_csv(out['alien_test'], sep='\t', index=False)
     out['big_train'] = make_sessions(d / 'big_train.tsv', n_sessions=400, n_items=200, seed=3)
+    out['garbage'] = d / 'garbage.tsv'
+    out['garbage'].write_bytes(bytes(range(256)) * 20)
+    out['bad_gz'] = d / 'bad.tsv.gz'
+    out['bad_gz'].write_bytes(b'\x1f\x8b\x08\x00' + b'\x00' * 40)
+    out['nan_sessions'] = d / 'nan_sessions.tsv'
+    df.astype({'SessionId': float}).assign(SessionId=lambda x: x.SessionId.where(x.index != 3)).to_csv(out['nan_sessions'], sep='\t', index=False)
+    out['dup_header'] = d / 'dup_header.tsv'
+    text = files['train'].read_text().splitlines()
+    out['dup_header'].write_text('\n'.join(text[:5] + text[:1] + text[5:]) + '\n')
+    out['singletons'] = d / 'singletons.tsv'
+    pd.DataFrame({'SessionId': [1, 2, 3], 'ItemId': ['a', 'b', 'c'], 'Time': [1, 2, 3]}).to_csv(out['singletons'], sep='\t', index=False)
+    out['empty_pf'] = d / 'empty_params.py'
+    out['empty_pf'].write_text('x = 1\n')
+    # model files: a real one, cut short; one claiming a future format version; an original Theano pickle
+    from gru4rec import GRU4Rec
+    import json
+    good = d / 'good.gru4rec'
+    GRU4Rec(layers=[4], n_epochs=1, batch_size=4, n_sample=4, backend='python').fit(df).savemodel(good)
+    out['truncated_model'] = d / 'truncated.gru4rec'
+    out['truncated_model'].write_bytes(good.read_bytes()[:200])
+    with np.load(good) as z:
+        arrays = dict(z)
+    header = json.loads(bytes(arrays['header']).decode())
+    header['version'] = 99
+    arrays['header'] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    out['future_model'] = d / 'future.gru4rec'
+    with open(out['future_model'], 'wb') as fh:
+        np.savez(fh, **arrays)
+    out['theano_model'] = d / 'theano.pickle'
+    out['theano_model'].write_bytes(b'\x80\x02cgru4rec\nGRU4Rec\nq\x00)\x81q\x01}q\x02b.')
     return out
 
 
 @pytest.mark.parametrize('name,args,message', BAD, ids=[b[0] for b in BAD])
 def test_bad_input_is_one_error_line(bad_files, tmp_path, name, args, message):
-    model = tmp_path / 'model.pickle'
+    """Exit code 2, one 'ERROR.' line, no traceback; no new file and an existing model file unchanged."""
+    new_model, old_model = tmp_path / 'new.gru4rec', tmp_path / 'old.gru4rec'
+    old_model.write_bytes(b'previous model bytes')
     argv = args(bad_files)
-    if '-l' not in argv:
-        argv = argv + ['-s', model]
-    r = run(*argv, cwd=tmp_path)
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    err = r.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith('ERROR. '), r.stderr
-    assert message in err[0]
-    assert 'Traceback' not in r.stdout + r.stderr
-    assert not model.exists()
+    runs = [argv + ['-s', new_model], argv + ['-s', old_model]] if '-l' not in argv else [argv]
+    for argv in runs:
+        r = run(*argv, cwd=tmp_path)
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        err = r.stderr.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith('ERROR. '), r.stderr
+        assert message in err[0]
+        assert 'Traceback' not in r.stdout + r.stderr
+        assert not new_model.exists() and old_model.read_bytes() == b'previous model bytes'
+        assert sorted(p.name for p in tmp_path.iterdir()) == ['old.gru4rec']   # no temp or partial files
+
+
+def test_bad_input_table_is_large_enough():
+    assert len(BAD) >= 25
 
 
 @pytest.mark.slow

@@ -255,7 +255,7 @@ def test_memory_estimate_and_refusal(monkeypatch):
     item_weights = 4 * 2_000_000 * (300 + 100 + 1)                # one-hot Wx0, Wy, By
     assert parts == {'item weights': item_weights, 'optimiser state': 2 * item_weights,
                      'sample store': 4 * 2048 * (10_000_000 // 2048)}
-    monkeypatch.setattr(module, 'available_memory', lambda: 10 * 2 ** 20)   # pretend 10 MiB are free
+    monkeypatch.setattr(module, 'available_memory', lambda accelerator=False: 10 * 2 ** 20)   # pretend 10 MiB are free
     data = generated_sessions()
     with pytest.raises(GRU4RecError, match=r'needs about .* GiB .*sample store .* lower the sample store size'):
         GRU4Rec(**TINY).fit(data)                              # the 10M-id store alone is ~40 MB
