@@ -260,3 +260,19 @@ def test_memory_estimate_and_refusal(monkeypatch):
     with pytest.raises(GRU4RecError, match=r'needs about .* GiB .*sample store .* lower the sample store size'):
         GRU4Rec(**TINY).fit(data)                              # the 10M-id store alone is ~40 MB
     GRU4Rec(**TINY).fit(data, sample_store=1000)               # a small store fits
+
+
+def test_interrupted_save_leaves_the_previous_file(tmp_path, monkeypatch):
+    m = trained()
+    path = tmp_path / 'model.gru4rec'
+    m.savemodel(path)
+    before = path.read_bytes()
+
+    def crash_midway(f, **arrays):      # write part of the file, then fail like a full disk or a kill
+        f.write(b'PK\x03\x04 partial')
+        raise OSError('No space left on device')
+    monkeypatch.setattr(np, 'savez', crash_midway)
+    with pytest.raises(OSError):
+        m.savemodel(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ['model.gru4rec']     # the temporary file is gone
