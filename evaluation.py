@@ -59,11 +59,12 @@ def prepare_test_data(gru, test_data, session_key, item_key, time_key):
 
 
 def evaluate_gpu(gru, test_data, items=None, session_key='SessionId', item_key='ItemId', time_key='Time',
-                 cut_off=(20,), batch_size=100, mode='standard'):
+                 cut_off=(20,), batch_size=100, mode='standard', return_details=False):
     """Recall@N and MRR@N of `gru` on `test_data` for every N in cut_off (an int is accepted too).
 
     items: optional candidate item IDs to rank against (default: all training items).
-    Returns (recall_list, mrr_list) in the order of cut_off. Test events whose item was not seen in
+    Returns (recall_list, mrr_list) in the order of cut_off, plus a dict with the number of evaluated
+    events and of dropped test events if return_details is set. Test events whose item was not seen in
     training are dropped (a line says how many). The name is the original's; `evaluate` is the same
     function and runs on whatever backend the model uses."""
     gru._require_trained()
@@ -107,6 +108,8 @@ def evaluate_gpu(gru, test_data, items=None, session_key='SessionId', item_key='
         n += len(inp)
     if n == 0:
         raise GRU4RecError('The test data has no session with at least 2 known events: nothing to evaluate')
+    if return_details:
+        return list(hits / n), list(rr / n), {'events': int(n), 'dropped_events': n_dropped}
     return list(hits / n), list(rr / n)
 
 

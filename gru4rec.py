@@ -935,7 +935,7 @@ class GRU4Rec:
             state = {'format': MODEL_FORMAT, 'version': MODEL_VERSION, 'params': dict(self.get_params()),
                      'item_ids': np.asarray(self.itemidmap.index), 'item_support': self.item_support,
                      'weights': dict(self.get_weights())}
-            _atomic_write(fname, lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL))
+            atomic_write(fname, lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL))
             return
         header, arrays = self._model_payload()
         _write_safe(fname, header, arrays)
@@ -1002,7 +1002,7 @@ class GRU4Rec:
 def _write_safe(fname, header, arrays):
     """Arrays plus a JSON header in a numpy zip, written atomically."""
     arrays = dict(arrays, header=np.frombuffer(json.dumps(header).encode('utf-8'), dtype=np.uint8))
-    _atomic_write(fname, lambda f: np.savez(f, **arrays))
+    atomic_write(fname, lambda f: np.savez(f, **arrays))
 
 
 def _data_fingerprint(items, offsets):
@@ -1226,7 +1226,7 @@ def _to_int_arg(value, name):
     return v
 
 
-def _atomic_write(fname, write):
+def atomic_write(fname, write):
     """Write through a temporary file in the target folder, then rename: the target is never half-written."""
     folder = os.path.dirname(os.path.abspath(fname))
     fd, tmp = tempfile.mkstemp(prefix='.tmp-', dir=folder)

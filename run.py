@@ -96,9 +96,10 @@ def apply_config(own, pytensor_flags, environ=os.environ):
 
 def build_parser():
     width = shutil.get_terminal_size().columns
-    p = argparse.ArgumentParser(prog='gru4rec', description='Train or load a GRU4Rec model and evaluate it.',
+    p = _Parser(prog='gru4rec', description='Train or load a GRU4Rec model and evaluate it.',
                                 formatter_class=lambda prog: argparse.HelpFormatter(prog, width=width, max_help_position=width // 3))
-    p.add_argument('path', metavar='PATH', help='training data (TSV, or .pickle of a DataFrame); with -l the saved model')
+    p.add_argument('path', metavar='PATH', help='training data (.tsv/.txt: tab, .csv: comma, optionally .gz/.bz2/.xz/.zip; '
+                   '.pickle or .parquet: a DataFrame); with -l the saved model')
     p.add_argument('-ps', '--parameter_string', metavar='PARAM_STRING', help='parameters, e.g. loss=bpr-max,layers=100/100,n_epochs=10')
     p.add_argument('-pf', '--parameter_file', metavar='PARAM_PATH', help='Python file defining the OrderedDict gru4rec_params')
     p.add_argument('-l', '--load_model', action='store_true', help='load a saved model from PATH instead of training')
@@ -120,13 +121,23 @@ def build_parser():
     p.add_argument('-lpm', '--log_primary_metric', action='store_true', help='print "PRIMARY METRIC: <value>" at the first cut-off')
     p.add_argument('--test_against_items', metavar='N_TEST_ITEMS', type=int, default=None,
                    help='rank against the N most popular training items instead of all (N >= 50000 unless the catalogue is smaller)')
-    p.add_argument('--checkpoint_dir', '--checkpoint-dir', metavar='DIR', default=None,
+    p.add_argument('--checkpoint_dir', metavar='DIR', default=None,
                    help='save the full training state here after every epoch (atomically)')
     p.add_argument('--resume', action='store_true', help='continue training from the checkpoint in --checkpoint_dir')
+    p.add_argument('--metrics_out', metavar='FILE.json', default=None,
+                   help='write parameters, per-epoch loss and speed, and all metrics to this JSON file')
     p.add_argument('--seed', type=int, default=None, help='random seed of weight init, sampling, dropout and shuffling (default: 42)')
     p.add_argument('-d', '--device', default=None, help='cpu or cuda[:N] (default: from the flags file, else cpu)')
     p.add_argument('--backend', choices=['numba', 'jax', 'python'], default=None, help='numba (CPU), jax (GPU or CPU), python (slow reference)')
     return p
+
+
+class _Parser(argparse.ArgumentParser):
+    """Accepts --some-flag for every --some_flag (the original's underscore style stays primary)."""
+
+    def add_argument(self, *names, **kw):
+        aliases = [n.replace('_', '-') for n in names if n.startswith('--') and '_' in n]
+        return super().add_argument(*names, *[a for a in aliases if a not in names], **kw)
 
 
 def parse_args(argv):
@@ -183,47 +194,74 @@ def load_parameter_file(path):
 
 # --- data -------------------------------------------------------------------------------------------
 
+COMPRESSIONS = ('.gz', '.bz2', '.xz', '.zst', '.zip')
+
+
+def data_format(path):
+    """'pickle', 'parquet', or the separator of a text file: ',' for .csv, tab for anything else (.tsv,
+    .txt, ...); a compression suffix (.gz, .bz2, .xz, .zst, .zip) is looked through."""
+    name = str(path).lower()
+    for suffix in COMPRESSIONS:
+        if name.endswith(suffix):
+            name = name[:-len(suffix)]
+            break
+    if name.endswith(('.pickle', '.pkl')):
+        return 'pickle'
+    if name.endswith('.parquet'):
+        return 'parquet'
+    return ',' if name.endswith('.csv') else '\t'
+
+
 def load_data(path, keys, what, quiet=False):
-    """Read a TSV (optionally compressed) or a pickled DataFrame with the session, item and time columns.
-    Item IDs are read as strings from text files, as in the original. Returns (data, what it printed)."""
+    """Read the session, item and time columns of a data file, its format chosen by the extension (see
+    data_format). Item IDs are read as strings from text files, as in the original. Returns (data, the
+    line announcing it)."""
     import pandas as pd
     session_key, item_key, time_key = keys
     if not os.path.exists(path):
         raise InputError(f'The {what} file does not exist: {path}')
     if not os.path.isfile(path):
         raise InputError(f'The {what} path is not a file: {path}')
-    if path.endswith(('.pickle', '.pkl')):
-        message = f'Loading data from pickle file: {path}'
-        try:
+    fmt = data_format(path)
+    text = fmt in (',', '\t')
+    try:
+        if fmt == 'pickle':
+            message = f'Loading data from pickle file: {path}'
             data = pd.read_pickle(path)
-        except Exception as e:
-            raise InputError(f'Cannot read the pickle file {path}: {type(e).__name__}') from None
-        if not isinstance(data, pd.DataFrame):
-            raise InputError(f'The pickle file {path} does not hold a pandas DataFrame')
-        columns = list(data.columns)
-    else:
-        try:
-            columns = list(pd.read_csv(path, sep='\t', nrows=0).columns)
-        except pd.errors.EmptyDataError:
-            raise InputError(f'The {what} file is empty: {path}') from None
-        except Exception as e:  # any decoder error (gzip, zlib, unicode, parser) means: cannot read it
-            raise InputError(f'Cannot read the {what} file {path}: {type(e).__name__}: {e}') from None
+        elif fmt == 'parquet':
+            message = f'Loading data from parquet file: {path}'
+            data = pd.read_parquet(path)
+        else:
+            message = f'Loading data from {"TAB" if fmt == chr(9) else "COMMA"} separated file: {path}'
+            data = pd.read_csv(path, sep=fmt, nrows=0)
+    except pd.errors.EmptyDataError:
+        raise InputError(f'The {what} file is empty: {path}') from None
+    except ImportError as e:
+        raise InputError(f'Reading {path} needs an optional package: {e} (pip install pyarrow)') from None
+    except Exception as e:  # any decoder error (gzip, zlib, unicode, parser, pickle) means: cannot read it
+        raise InputError(f'Cannot read the {what} file {path}: {type(e).__name__}: {e}') from None
+    if not isinstance(data, pd.DataFrame):
+        raise InputError(f'The {what} file {path} does not hold a pandas DataFrame')
+    columns = list(data.columns)
     if any(not str(c).isprintable() for c in columns):
-        raise InputError(f'Cannot read the {what} file {path}: it does not look like tab-separated text')
+        raise InputError(f'Cannot read the {what} file {path}: it does not look like {"comma" if fmt == "," else "tab"}-separated text')
     labels = (('session IDs', session_key, 'SessionId', 'session_key'), ('item IDs', item_key, 'ItemId', 'item_key'),
               ('time', time_key, 'Time', 'time_key'))
     for label, key, default, param in labels:
         if key not in columns:
-            hint = ' (is the file tab-separated?)' if len(columns) == 1 and (',' in columns[0] or ';' in columns[0]) else ''
+            other = ';' if fmt == ',' else ',;'
+            hint = (f' (is the file {"comma" if fmt == "," else "tab"}-separated?)'
+                    if text and len(columns) == 1 and any(c in str(columns[0]) for c in other) else '')
             raise InputError(f'The column specified for {label} "{key}" is not in the {what} file ({path}){hint}; '
                              f'columns found: {", ".join(map(str, columns))}. The default column name is "{default}", '
                              f'set another with -{param[0]}k or the {param} parameter.')
-    if not path.endswith(('.pickle', '.pkl')):
-        message = f'Loading data from TAB separated file: {path}'
+    if text:
         try:
-            data = pd.read_csv(path, sep='\t', usecols=[session_key, item_key, time_key], dtype={item_key: str})
+            data = pd.read_csv(path, sep=fmt, usecols=[session_key, item_key, time_key], dtype={item_key: str})
         except Exception as e:  # as above: truncated archives fail only here, past the header
             raise InputError(f'Cannot read the {what} file {path}: {type(e).__name__}: {e}') from None
+    else:
+        data = data[[session_key, item_key, time_key]]
     if len(data) == 0:
         raise InputError(f'The {what} file has no events: {path}')
     if (data[session_key].astype(str) == session_key).any():
@@ -308,7 +346,10 @@ def _run(args, own, mod, evaluation):
     keys_cli = OrderedDict((k, v) for k, v in (('session_key', args.session_key), ('item_key', args.item_key),
                                                 ('time_key', args.time_key)) if v is not None)
     tests = None
+    record = {'schema': 'gru4rec-metrics/1', 'command': ['gru4rec'] + list(sys.argv[1:]), 'model_file': None,
+              'training': None, 'evaluation': []}
     if args.load_model:
+        record['model_file'] = args.path
         print(f'Loading trained model from file: {args.path}')
         gru = GRU4Rec.loadmodel(args.path, backend=own['backend'])
         if keys_cli:
@@ -346,6 +387,8 @@ def _run(args, own, mod, evaluation):
                   f'No model was saved and no evaluation was run{kept}. Try a lower learning_rate or a grad_cap.',
                   file=sys.stderr)
             return EXIT_TRAINING_FAILED
+        record['training'] = {'seconds': time.time() - t0, 'epochs': [
+            dict(e, mb_per_s=e['steps'] / e['seconds'], events_per_s=e['events'] / e['seconds']) for e in gru.epoch_stats_]}
         print(f'Total training time: {time.time() - t0:.2f}s')
         del data
         if args.save_model is not None:
@@ -367,16 +410,28 @@ def _run(args, own, mod, evaluation):
         print(message)
         print(f'Starting evaluation (cut-off={args.measure}, using {args.eval_type} mode for tiebreaking)')
         t0 = time.time()
-        recall, mrr = evaluation.evaluate_gpu(gru, test, items=items, session_key=keys[0], item_key=keys[1],
-                                              time_key=keys[2], cut_off=args.measure, batch_size=512,
-                                              mode=args.eval_type)
+        recall, mrr, details = evaluation.evaluate_gpu(gru, test, items=items, session_key=keys[0], item_key=keys[1],
+                                                       time_key=keys[2], cut_off=args.measure, batch_size=512,
+                                                       mode=args.eval_type, return_details=True)
         print(f'Evaluation took {time.time() - t0:.2f}s')
+        record['evaluation'].append(dict(details, test_file=test_file, mode=args.eval_type, seconds=time.time() - t0,
+                                         cut_offs=list(args.measure), recall=dict(zip(map(str, args.measure), recall)),
+                                         mrr=dict(zip(map(str, args.measure), mrr))))
         for c, r, m in zip(args.measure, recall, mrr):
             print(f'Recall@{c}: {r:.6f} MRR@{c}: {m:.6f}')
         if args.log_primary_metric:
             print(f'PRIMARY METRIC: {recall[0] if args.primary_metric == "recall" else mrr[0]}')
+    if args.metrics_out:
+        record['parameters'] = dict(gru.get_params())
+        write_metrics(args.metrics_out, record)
     return 0
 
+
+def write_metrics(path, record):
+    """The run's record as JSON, written atomically (schema: README, --metrics_out)."""
+    import json
+    text = json.dumps(record, indent=1, default=float).encode('utf-8')
+    _import_model_module('gru4rec').atomic_write(path, lambda f: f.write(text))
 
 if __name__ == '__main__':
     sys.exit(main())

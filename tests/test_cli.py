@@ -280,3 +280,47 @@ def test_sigkill_then_resume_gives_the_uninterrupted_model(tmp_path):
     assert re.findall(r'^Recall@.*$', resumed.stdout, re.M) == re.findall(r'^Recall@.*$', full.stdout, re.M)
     other = run(train, '-ps', params.replace('momentum=0.3', 'momentum=0.2'), '--checkpoint_dir', ckpt_dir, '--resume')
     assert other.returncode == 2 and 'other parameters (momentum)' in other.stderr
+
+
+@pytest.mark.parametrize('name', ['train.csv', 'train.csv.gz', 'train.txt.bz2', 'train.pickle', 'train.parquet'])
+def test_data_formats_by_extension(files, tmp_path, name):
+    df = pd.read_csv(files['train'], sep='\t', dtype={'ItemId': str})
+    path = tmp_path / name
+    if name.endswith('.pickle'):
+        df.to_pickle(path)
+    elif name.endswith('.parquet'):
+        df.to_parquet(path)
+    else:
+        df.to_csv(path, sep=',' if '.csv' in name else '\t', index=False)
+    r = run(path, '-t', files['test'], '-ps', TINY + ',seed=3')
+    reference = run(files['train'], '-t', files['test'], '-ps', TINY + ',seed=3')
+    assert r.returncode == 0, r.stderr
+    kind = {'.csv': 'COMMA separated', '.txt': 'TAB separated', '.pickle': 'pickle', '.parquet': 'parquet'}
+    assert any(f'Loading data from {v} file: {path}' in r.stdout for k, v in kind.items() if k in name)
+    assert re.findall(r'^Recall@.*$', r.stdout, re.M) == re.findall(r'^Recall@.*$', reference.stdout, re.M)
+
+
+def test_metrics_json(files, tmp_path):
+    import json
+    out = tmp_path / 'metrics.json'
+    r = run(files['train'], '-t', files['test'], files['test'], '-ps', TINY + ',n_epochs=2', '-m', 1, 10,
+            '--metrics-out', out)                        # hyphenated alias of --metrics_out
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(out.read_text())
+    assert rec['schema'] == 'gru4rec-metrics/1' and rec['model_file'] is None
+    assert rec['parameters']['layers'] == [8] and rec['parameters']['n_epochs'] == 2
+    epochs = rec['training']['epochs']
+    assert [e['epoch'] for e in epochs] == [1, 2]
+    for e in epochs:
+        assert set(e) == {'epoch', 'loss', 'seconds', 'steps', 'events', 'mb_per_s', 'events_per_s'}
+        assert e['loss'] > 0 and e['steps'] > 0 and e['mb_per_s'] == pytest.approx(e['steps'] / e['seconds'])
+    printed = re.findall(r'^Epoch(\d) --> loss: (\S+) ', r.stdout, re.M)
+    assert [f'{e["loss"]:.6f}' for e in epochs] == [p[1] for p in printed]
+    assert len(rec['evaluation']) == 2
+    ev = rec['evaluation'][0]
+    assert ev['test_file'] == str(files['test']) and ev['mode'] == 'standard' and ev['cut_offs'] == [1, 10]
+    assert ev['events'] > 0 and ev['dropped_events'] >= 0
+    for c in ('1', '10'):
+        line = re.search(rf'^Recall@{c}: (\S+) MRR@{c}: (\S+)$', r.stdout, re.M)
+        assert f'{ev["recall"][c]:.6f}' == line.group(1) and f'{ev["mrr"][c]:.6f}' == line.group(2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['metrics.json']    # written atomically
