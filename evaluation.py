@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 try:  # package import (installed) or top-level import (checkout)
-    from .gru4rec import GRU4RecError, session_parallel_batches, _numeric_column
+    from .gru4rec import GRU4RecError, session_parallel_batches, progress, _numeric_column
 except ImportError:
-    from gru4rec import GRU4RecError, session_parallel_batches, _numeric_column
+    from gru4rec import GRU4RecError, session_parallel_batches, progress, _numeric_column
 
 MODES = ('standard', 'conservative', 'median', 'tiebreaking')
 
@@ -94,7 +94,8 @@ def evaluate_gpu(gru, test_data, items=None, session_key='SessionId', item_key='
     n = 0
     H = [np.zeros((min(batch_size, len(offsets) - 1), u), dtype=np.float32) for u in gru.layers]
     order = np.arange(len(offsets) - 1)
-    for inp, out, reset, keep in session_parallel_batches(test_items, offsets, order, int(batch_size)):
+    batches = session_parallel_batches(test_items, offsets, order, int(batch_size))
+    for inp, out, reset, keep in progress(batches, len(test_items) - len(order), 'Evaluation'):
         if keep is not None:
             H = [h[keep] for h in H]
         args = [inp, out, reset.astype(np.float32)] + ([cand] if cand is not None else []) + H

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pickle
+import sys
 import tempfile
 import time
 import warnings
@@ -715,8 +716,9 @@ class GRU4Rec:
             order = rng.permutation(len(offsets) - 1) if self.train_random_order else base_order
             H = [np.zeros((min(self.batch_size, len(order)), u), dtype=FLOAT) for u in self.layers]
             sum_cost, n_events, n_steps = 0.0, 0, 0
-            for inp, out, reset, keep in session_parallel_batches(items, offsets, order, self.batch_size,
-                                                                  min_active=2 if self.n_sample == 0 else 1):
+            batches = session_parallel_batches(items, offsets, order, self.batch_size,
+                                               min_active=2 if self.n_sample == 0 else 1)
+            for inp, out, reset, keep in progress(batches, len(items) - len(order), f'Epoch{epoch + 1}'):
                 if keep is not None:
                     H = [h[keep] for h in H]
                 y = out if sampler is None else np.concatenate([out, sampler.next()])
@@ -1057,6 +1059,24 @@ def _read_safe_model(f, fname):
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
+
+def progress(batches, total, desc):
+    """The minibatches of session_parallel_batches behind a tqdm progress bar (events done of `total`) when
+    stdout is a terminal and tqdm is installed; otherwise the minibatches unchanged."""
+    if not sys.stdout.isatty():
+        return batches
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return batches
+
+    def with_bar():
+        with tqdm(total=total, desc=desc, unit='ev', leave=False, mininterval=0.5) as bar:
+            for batch in batches:
+                yield batch
+                bar.update(len(batch[0]))
+    return with_bar()
+
 
 class NegativeSampler:
     """Shared negative samples: item indices drawn with probability ~ support ** alpha, served one row of

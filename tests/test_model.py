@@ -1,6 +1,7 @@
 """Evaluation ranks, prediction, persistence and reproducibility of the GRU4Rec model."""
 import io
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
@@ -276,3 +277,17 @@ def test_interrupted_save_leaves_the_previous_file(tmp_path, monkeypatch):
         m.savemodel(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ['model.gru4rec']     # the temporary file is gone
+
+
+def test_progress_bars_only_on_a_terminal(capsys, monkeypatch):
+    import sys
+    data, test = generated_sessions(), generated_sessions(30, seed=9)
+    m = GRU4Rec(**TINY).fit(data)
+    evaluation.evaluate_gpu(m, test)
+    assert 'ev/s' not in capsys.readouterr().err                  # not a terminal: no bar
+    monkeypatch.setattr(sys.stdout, 'isatty', lambda: True)
+    GRU4Rec(**TINY).fit(data)
+    evaluation.evaluate_gpu(m, test)
+    captured = capsys.readouterr()
+    assert 'Epoch1:' in captured.err and 'Evaluation:' in captured.err   # tqdm writes to stderr
+    assert re.search(r'^Epoch1 --> loss: ', captured.out, re.M)            # the original's lines unchanged
