@@ -10,18 +10,11 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
-for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'NUMBA_NUM_THREADS'):
-    os.environ.setdefault(var, '1')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'examples', 'rsc15'))
 
-import pandas as pd  # noqa: E402
-
-import evaluation  # noqa: E402
-from gru4rec import GRU4Rec  # noqa: E402
-from run import load_parameter_file, parse_parameter_string  # noqa: E402
+from run_rsc15 import read_split, run_config  # noqa: E402  (sets one BLAS/Numba thread)
 
 REFERENCE = {  # parameter file: (Recall@20 runs, MRR@20 runs) of the official PyTorch port
     'rsc15_bpr-max_constrained': ((0.5063, 0.5020), (0.2353, 0.2314)),
@@ -38,23 +31,8 @@ def main():
     p.add_argument('--backend', default='numba')
     p.add_argument('--extra', default='', help='parameter string applied on top of the parameter files (diagnostics)')
     args = p.parse_args()
-    read = lambda name: pd.read_csv(os.path.join(args.data, name), sep='\t', dtype={'ItemId': str})
-    train, test = read('rec15_64_train_full.txt.gz'), read('rec15_64_test.txt.gz')
-    rows = []
-    for name in args.configs:
-        params = load_parameter_file(os.path.join(ROOT, 'param_samples', name + '.py'))
-        recalls, mrrs = [], []
-        for seed in args.seeds:
-            t0 = time.time()
-            model = GRU4Rec(backend=args.backend, seed=seed, **params)
-            if args.extra:
-                model.set_params(**parse_parameter_string(args.extra))
-            model.fit(train)
-            (r,), (m,) = evaluation.evaluate_gpu(model, test, cut_off=[20], batch_size=512)
-            print(f'{name} seed={seed}: Recall@20 {r:.4f} MRR@20 {m:.4f} ({time.time() - t0:.0f}s)', flush=True)
-            recalls.append(r)
-            mrrs.append(m)
-        rows.append((name, recalls, mrrs))
+    train, test = read_split(args.data)
+    rows = [(name, *run_config(name, train, test, args.seeds, 20, args.extra, args.backend)) for name in args.configs]
     print('\n| parameters | seeds | Recall@20 | MRR@20 | mean vs reference mean (R / M) |')
     print('|---|---|---|---|---|')
     for name, recalls, mrrs in rows:

@@ -62,3 +62,14 @@ def test_counts_files_and_time_zone_independence(tmp_path):
     full = pd.read_csv(tmp_path / 'utc' / 'rsc15_train_full.txt', sep='\t')
     assert full.Time.min() == 1396310400.0                     # 2014-04-01T00:00:00Z
     assert sorted(full[full.SessionId == 9].ItemId) == [A, D, D, D, D, D]
+
+
+def test_run_script_finds_the_preprocessed_split(tmp_path):
+    raw = tmp_path / 'yoochoose-clicks.dat'
+    write_raw(raw)
+    run_preprocess(raw, tmp_path / 'out', 'UTC')
+    sys.path.insert(0, os.path.join(ROOT, 'examples', 'rsc15'))
+    from run_rsc15 import find_split
+    assert find_split(str(tmp_path / 'out')) == (str(tmp_path / 'out' / 'rsc15_train_full.txt'),
+                                                 str(tmp_path / 'out' / 'rsc15_test.txt'))
+    assert find_split(os.path.join(ROOT, 'data', 'rsc15_64'))[0].endswith('rec15_64_train_full.txt.gz')
