@@ -13,6 +13,7 @@ import argparse
 import configparser
 import importlib
 import importlib.util
+import io
 import os
 import shutil
 import sys
@@ -126,6 +127,8 @@ def build_parser():
     p.add_argument('--resume', action='store_true', help='continue training from the checkpoint in --checkpoint_dir')
     p.add_argument('--metrics_out', metavar='FILE.json', default=None,
                    help='write parameters, per-epoch loss and speed, and all metrics to this JSON file')
+    p.add_argument('--plot', metavar='FILE.png', default=None,
+                   help='draw the loss per epoch and recall/MRR per cut-off (needs matplotlib)')
     p.add_argument('--seed', type=int, default=None, help='random seed of weight init, sampling, dropout and shuffling (default: 42)')
     p.add_argument('-d', '--device', default=None, help='cpu or cuda[:N] (default: from the flags file, else cpu)')
     p.add_argument('--backend', choices=['numba', 'jax', 'python'], default=None, help='numba (CPU), jax (GPU or CPU), python (slow reference)')
@@ -150,6 +153,8 @@ def parse_args(argv):
     if sum(map(bool, (args.parameter_string, args.parameter_file, args.load_model))) != 1:
         raise InputError('Exactly one of the following parameters must be provided: '
                          '--parameter_string, --parameter_file, --load_model')
+    if args.plot and importlib.util.find_spec('matplotlib') is None:
+        raise InputError('--plot needs matplotlib: pip install matplotlib')
     if args.resume and not args.checkpoint_dir:
         raise InputError('--resume needs --checkpoint_dir (the folder of the checkpoint to resume from)')
     if args.load_model and (args.checkpoint_dir or args.resume):
@@ -421,10 +426,40 @@ def _run(args, own, mod, evaluation):
             print(f'Recall@{c}: {r:.6f} MRR@{c}: {m:.6f}')
         if args.log_primary_metric:
             print(f'PRIMARY METRIC: {recall[0] if args.primary_metric == "recall" else mrr[0]}')
+    record['parameters'] = dict(gru.get_params())
     if args.metrics_out:
-        record['parameters'] = dict(gru.get_params())
         write_metrics(args.metrics_out, record)
+    if args.plot:
+        plot_record(args.plot, record)
     return 0
+
+
+def plot_record(path, record):
+    """Loss per epoch (if trained) and recall/MRR per cut-off of each test file, in one PNG."""
+    import matplotlib
+    import matplotlib.ticker
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    panels = (['loss'] if record['training'] else []) + ['metrics'] * bool(record['evaluation'])
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5.5 * max(len(panels), 1), 4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        if panel == 'loss':
+            epochs = record['training']['epochs']
+            ax.plot([e['epoch'] for e in epochs], [e['loss'] for e in epochs], marker='o')
+            ax.set(xlabel='epoch', ylabel='training loss', title='Loss per epoch')
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        else:
+            for ev in record['evaluation']:
+                name = os.path.basename(ev['test_file'])
+                ax.plot(ev['cut_offs'], [ev['recall'][str(c)] for c in ev['cut_offs']], marker='o', label=f'Recall ({name})')
+                ax.plot(ev['cut_offs'], [ev['mrr'][str(c)] for c in ev['cut_offs']], marker='s', label=f'MRR ({name})')
+            ax.set(xlabel='cut-off N', ylabel='metric@N', title=f'Evaluation ({record["evaluation"][0]["mode"]} ties)')
+            ax.legend(fontsize='small')
+    fig.tight_layout()
+    data = io.BytesIO()
+    fig.savefig(data, format='png', dpi=100)
+    plt.close(fig)
+    _import_model_module('gru4rec').atomic_write(path, lambda f: f.write(data.getvalue()))
 
 
 def write_metrics(path, record):

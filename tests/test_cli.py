@@ -324,3 +324,11 @@ def test_metrics_json(files, tmp_path):
         line = re.search(rf'^Recall@{c}: (\S+) MRR@{c}: (\S+)$', r.stdout, re.M)
         assert f'{ev["recall"][c]:.6f}' == line.group(1) and f'{ev["mrr"][c]:.6f}' == line.group(2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['metrics.json']    # written atomically
+
+
+def test_plot(files, tmp_path):
+    png = tmp_path / 'run.png'
+    r = run(files['train'], '-t', files['test'], '-ps', TINY + ',n_epochs=2', '-m', 1, 5, 10, '--plot', png)
+    assert r.returncode == 0, r.stderr
+    data = png.read_bytes()
+    assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 10000
