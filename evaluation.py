@@ -36,7 +36,7 @@ def ranks_from_counts(n_greater, n_equal, mode):
 
 def prepare_test_data(gru, test_data, session_key, item_key, time_key):
     """Keep the test events whose item the model knows; sort by session, time, item. Returns
-    (item indices, session offsets, number of dropped events, number of sessions before filtering)."""
+    (item indices, session offsets, number of dropped events)."""
     if not isinstance(test_data, pd.DataFrame):
         raise GRU4RecError(f'test_data must be a pandas DataFrame, got {type(test_data).__name__}')
     missing = [k for k in (session_key, item_key, time_key) if k not in test_data.columns]
@@ -55,7 +55,7 @@ def prepare_test_data(gru, test_data, session_key, item_key, time_key):
     sess = data[session_key].values
     starts = np.flatnonzero(np.r_[True, sess[1:] != sess[:-1]])
     offsets = np.r_[starts, len(sess)].astype(np.int64)
-    return data['_idx'].values.astype(np.int32), offsets, n_dropped, test_data[session_key].nunique()
+    return data['_idx'].values.astype(np.int32), offsets, n_dropped
 
 
 def evaluate_gpu(gru, test_data, items=None, session_key='SessionId', item_key='ItemId', time_key='Time',
@@ -76,7 +76,7 @@ def evaluate_gpu(gru, test_data, items=None, session_key='SessionId', item_key='
     if int(batch_size) < 1:
         raise GRU4RecError('batch_size must be >= 1')
     print('Measuring Recall@{} and MRR@{}'.format(','.join(map(str, cut_off)), ','.join(map(str, cut_off))))
-    test_items, offsets, n_dropped, n_sessions = prepare_test_data(gru, test_data, session_key, item_key, time_key)
+    test_items, offsets, n_dropped = prepare_test_data(gru, test_data, session_key, item_key, time_key)
     if n_dropped:
         print(f'Dropped {n_dropped} test events with items unseen in training '
               f'({n_dropped / (n_dropped + len(test_items)):.2%} of the test events)')
