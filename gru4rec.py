@@ -6,7 +6,8 @@ Hidasi & Karatzoglou, CIKM 2018) from its behavioural description. Read top to b
   1. errors, parameters and their coercion from strings (``set_params``)
   2. activations and losses (symbolic, PyTensor)
   3. the session-parallel mini-batch iterator
-  4. the GRU4Rec class: weight init, model graph, optimisers, ``fit``, prediction, save/load
+  4. the GRU4Rec class: weight init, model graph, optimisers, ``fit``, checkpoints, prediction, save/load
+  5. helpers: negative sampler, progress bars, dropout noise, memory estimate, safe file formats
 
 Shapes: M = active session slots in a minibatch, K = M + n_sample scored items per row,
 N = number of items, L_i = units of GRU layer i, L = units of the last layer.
