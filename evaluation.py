@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 try:  # package import (installed) or top-level import (checkout)
-    from .gru4rec import GRU4RecError, session_parallel_batches, progress, _numeric_column
+    from .gru4rec import GRU4RecError, session_offsets, session_parallel_batches, progress, _numeric_column
 except ImportError:
-    from gru4rec import GRU4RecError, session_parallel_batches, progress, _numeric_column
+    from gru4rec import GRU4RecError, session_offsets, session_parallel_batches, progress, _numeric_column
 
 MODES = ('standard', 'conservative', 'median', 'tiebreaking')
 
@@ -52,10 +52,7 @@ def prepare_test_data(gru, test_data, session_key, item_key, time_key):
     if not known.any():
         raise GRU4RecError('The test data shares no items with the training data')
     data = data.assign(_idx=idx)[known].sort_values([session_key, time_key, item_key], kind='stable')
-    sess = data[session_key].values
-    starts = np.flatnonzero(np.r_[True, sess[1:] != sess[:-1]])
-    offsets = np.r_[starts, len(sess)].astype(np.int64)
-    return data['_idx'].values.astype(np.int32), offsets, n_dropped
+    return data['_idx'].values.astype(np.int32), session_offsets(data[session_key].values), n_dropped
 
 
 def evaluate_gpu(gru, test_data, items=None, session_key='SessionId', item_key='ItemId', time_key='Time',

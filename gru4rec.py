@@ -266,6 +266,12 @@ def loss_sum(loss, yhat, smoothing=0.0, bpreg=1.0):
 # 3. Session-parallel mini-batches
 # ---------------------------------------------------------------------------------------------
 
+def session_offsets(session_ids):
+    """For session IDs of events grouped by session: [start of each session..., number of events]."""
+    starts = np.flatnonzero(np.r_[True, session_ids[1:] != session_ids[:-1]])
+    return np.r_[starts, len(session_ids)].astype(np.int64)
+
+
 def session_parallel_batches(items, offsets, order, batch_size, min_active=1):
     """Yield (inp, out, reset, keep) for each step of one pass over the sessions.
 
@@ -449,10 +455,7 @@ class GRU4Rec:
             data = data.sort_values([sk, tk], kind='stable')
             print(f'Data is sorted in {time.time() - t0:.2f}')
         items = self.itemidmap_index.get_indexer(data[self.item_key]).astype(np.int32)
-        sess = data[sk].values
-        starts = np.flatnonzero(np.r_[True, sess[1:] != sess[:-1]])
-        offsets = np.r_[starts, len(sess)].astype(np.int64)
-        return items, offsets, data[tk].values
+        return items, session_offsets(data[sk].values), data[tk].values
 
     # --- weights ---------------------------------------------------------------------------
     def _init_matrix(self, rng, rows, cols):
@@ -758,7 +761,7 @@ class GRU4Rec:
     def _restore_checkpoint(self, fname, fingerprint, streams):
         """Load a checkpoint into the freshly set-up training run; returns the number of finished epochs."""
         with open(fname, 'rb') as f, np.load(f, allow_pickle=False) as z:
-            header = json.loads(bytes(z['header']).decode('utf-8'))
+            header = _safe_header(z)
             ckpt = header.get('checkpoint')
             if header.get('format') != MODEL_FORMAT or not ckpt:
                 raise GRU4RecError(f'{fname} is not a GRU4Rec checkpoint')
@@ -1044,10 +1047,15 @@ class TrainingStreams:
                 self.sampler.store = z['sampler_store']
 
 
+def _safe_header(z):
+    """The JSON header of an open safe-format file (the counterpart of _write_safe)."""
+    return json.loads(bytes(z['header']).decode('utf-8'))
+
+
 def _read_safe_model(f, fname):
     """The state dict of a safe-format model file (numpy zip, no pickles allowed)."""
     with np.load(f, allow_pickle=False) as z:
-        header = json.loads(bytes(z['header']).decode('utf-8'))
+        header = _safe_header(z)
         if not isinstance(header, dict):
             raise GRU4RecError(f'{fname} is not a GRU4Rec model file of this implementation')
         if header.get('format') == MODEL_FORMAT and header.get('version') == MODEL_VERSION:
