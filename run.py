@@ -357,6 +357,8 @@ def _run(args, own, mod, evaluation):
         record['model_file'] = args.path
         print(f'Loading trained model from file: {args.path}')
         gru = GRU4Rec.loadmodel(args.path, backend=own['backend'])
+        if args.test_against_items is not None:
+            check_test_against_items(args.test_against_items, gru.n_items)
         if keys_cli:
             gru.set_params(**keys_cli)
     else:
@@ -401,8 +403,7 @@ def _run(args, own, mod, evaluation):
             gru.savemodel(args.save_model)
     items = None
     if args.test_against_items is not None:
-        n = args.test_against_items
-        check_test_against_items(n, gru.n_items)
+        n = args.test_against_items   # checked against the catalogue size before training or after loading
         import numpy as np
         top = np.argsort(-gru.item_support, kind='stable')[:n]
         items = gru.itemidmap.index[top]

@@ -138,6 +138,8 @@ BAD = [
     ('truncated model', lambda f: [f['truncated_model'], '-l', '-t', f['test']], 'truncated'),
     ('incompatible model version', lambda f: [f['future_model'], '-l', '-t', f['test']], 'model format version 99'),
     ('original Theano pickle', lambda f: [f['theano_model'], '-l', '-t', f['test']], 'original Theano GRU4Rec'),
+    ('too few test items, loaded model', lambda f: [f['good_model'], '-l', '-t', f['test'], '--test_against_items', 2],
+     "mustn't evaluate"),
 ]
 
 
@@ -179,6 +181,7 @@ def bad_files(files):
     import json
     good = d / 'good.gru4rec'
     GRU4Rec(layers=[4], n_epochs=1, batch_size=4, n_sample=4, backend='python').fit(df).savemodel(good)
+    out['good_model'] = good
     out['truncated_model'] = d / 'truncated.gru4rec'
     out['truncated_model'].write_bytes(good.read_bytes()[:200])
     with np.load(good) as z:
