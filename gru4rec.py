@@ -669,7 +669,8 @@ class GRU4Rec:
         return g
 
     # --- training ----------------------------------------------------------------------------
-    def fit(self, data, sample_store=10000000, store_type='gpu', checkpoint_dir=None, resume=False):
+    def fit(self, data, sample_store=10000000, store_type='gpu', checkpoint_dir=None, resume=False,
+            epoch_callback=None):
         """Train on a DataFrame with session, item and time columns (the frame is not modified).
 
         checkpoint_dir: if given, the full training state (weights, optimiser states, random streams, sample
@@ -679,7 +680,11 @@ class GRU4Rec:
         sample_store: how many negative-sample item indices to precompute at once (0 = draw per step).
         store_type: 'gpu' or 'cpu'; both are generated with numpy on the host in this version (identical
         distribution). Returns self. A NaN or infinite loss stops training with a printed message naming
-        the epoch and step; error_during_train is then True and the model refuses to predict or save."""
+        the epoch and step; error_during_train is then True and the model refuses to predict or save.
+
+        epoch_callback: called as epoch_callback(model, stats) after every finished epoch (after its
+        checkpoint), with stats the epoch's entry of epoch_stats_; the model can predict and be evaluated
+        there. If it returns True, training ends after that epoch (early stopping, pruning)."""
         if store_type not in ('gpu', 'cpu'):
             raise GRU4RecError(f'Invalid store type {store_type} (use gpu or cpu)')
         if resume and not checkpoint_dir:
@@ -743,6 +748,8 @@ class GRU4Rec:
                   f'[{n_steps / secs:.2f} mb/s | {n_events / secs:.0f} e/s]')
             if checkpoint:
                 self._save_checkpoint(checkpoint, epoch + 1, fingerprint, streams)
+            if epoch_callback is not None and epoch_callback(self, self.epoch_stats_[-1]):
+                break
         return self
 
     # --- checkpoints ---------------------------------------------------------------------------
