@@ -34,9 +34,10 @@ with warnings.catch_warnings():
     import pytensor.tensor as pt
 
 try:  # package import (installed) or top-level import (checkout)
-    from . import custom_opt
+    from . import custom_opt, gpu_ops
 except ImportError:
     import custom_opt
+    import gpu_ops
 
 FLOAT = 'float32'
 EPS = np.float32(1e-6)        # optimiser epsilon
@@ -587,19 +588,16 @@ class GRU4Rec:
             else:
                 updates[p] = p * (1 - lr * lmbd) - lr * ghat
         # Item-indexed weights: the same item can occur several times in one step. Weight increments add
-        # up per occurrence; optimiser states that are *set* keep one occurrence (the last).
+        # up per occurrence; optimiser states that are *set* keep one occurrence (the last). The step is
+        # one SparseRowUpdateGraph per weight (gpu_ops), which custom_opt fuses into one kernel.
+        a = self.adapt_params_
+        rho = a[1] if self.adapt in ('adam', 'adam_legacy') else (a[0] if self.adapt in ('rmsprop', 'adadelta') else 0.0)
+        b1 = a[0] if self.adapt in ('adam', 'adam_legacy') else 0.0
+        spec = gpu_ops.RowUpdateSpec(None if self.adapt == 'sgd' else self.adapt, float(lr), float(mu), float(lmbd), float(EPS), float(rho), float(b1))
         for (p, idx, rows), g in zip(sparse, grads[len(dense):]):
-            if self.adapt == 'adam':
-                idx, g, rows = _sum_repeated_rows(p, idx, g)
-            ghat = self._adapt_rows(p, idx, g, updates)
-            delta = lr * (ghat + lmbd * rows) if lmbd > 0 else lr * ghat
-            if mu > 0:
-                v = _state_like(p)
-                v_occ = mu * v[idx] - delta
-                updates[v] = pt.set_subtensor(v[idx], v_occ)
-                updates[p] = pt.inc_subtensor(p[idx], v_occ)
-            else:
-                updates[p] = pt.inc_subtensor(p[idx], -delta)
+            states = [_state_like(p) for _ in range(gpu_ops.n_inputs_states(spec))]
+            for var, new in zip([p] + states, gpu_ops.sparse_row_update(spec, p, states, idx, g)):
+                updates[var] = new
         return updates
 
     def _adapt_dense(self, p, g, updates):
@@ -631,43 +629,6 @@ class GRU4Rec:
             return (updates[m] / (1 - b1 ** updates[t])) / (pt.sqrt(updates[v] / (1 - b2 ** updates[t])) + EPS)
         return g
 
-    def _adapt_rows(self, p, idx, g, updates):
-        """Adaptive transform of per-occurrence row gradients g (len(idx) x d) of weight p."""
-        a = self.adapt_params_
-        if self.adapt == 'adagrad':
-            acc = _state_like(p)
-            acc_rows = acc[idx] + g ** 2
-            updates[acc] = pt.set_subtensor(acc[idx], acc_rows)
-            return g / pt.sqrt(acc_rows + EPS)
-        if self.adapt in ('rmsprop', 'adadelta', 'adam_legacy'):
-            rho = np.float32(a[1] if self.adapt == 'adam_legacy' else a[0])
-            acc = _state_like(p)
-            acc_new = _decay_then_accumulate(acc, idx, rho, (1 - rho) * g ** 2)
-            updates[acc] = acc_new
-            if self.adapt == 'rmsprop':
-                return g / pt.sqrt(acc_new[idx] + EPS)
-            if self.adapt == 'adadelta':
-                upd = _state_like(p)
-                c = (upd[idx] + EPS) / (acc_new[idx] + EPS)
-                updates[upd] = _decay_then_accumulate(upd, idx, rho, (1 - rho) * c * g ** 2)
-                return g * pt.sqrt(c)
-            b1 = np.float32(a[0])  # adam_legacy: the first moment accumulates g**2, as in the original
-            m, t = _state_like(p), _state_like(p)
-            m_new = _decay_then_accumulate(m, idx, b1, (1 - b1) * g ** 2)
-            t_rows = t[idx] + 1
-            updates[m], updates[t] = m_new, pt.set_subtensor(t[idx], t_rows)
-            corr = 1 - b1 ** t_rows
-            return (m_new[idx] / corr) / (pt.sqrt(acc_new[idx] / corr) + EPS)
-        if self.adapt == 'adam':  # idx is duplicate-free here (see _sum_repeated_rows)
-            b1, b2 = np.float32(a[0]), np.float32(a[1])
-            v, m, t = _state_like(p), _state_like(p), _state_like(p)
-            t_rows, m_rows = t[idx] + 1, b1 * m[idx] + (1 - b1) * g
-            v_rows = b2 * v[idx] + (1 - b2) * g ** 2
-            for state, rows in ((t, t_rows), (m, m_rows), (v, v_rows)):
-                updates[state] = pt.set_subtensor(state[idx], rows)
-            return (m_rows / (1 - b1 ** t_rows)) / (pt.sqrt(v_rows / (1 - b2 ** t_rows)) + EPS)
-        return g
-
     # --- training ----------------------------------------------------------------------------
     def fit(self, data, sample_store=10000000, store_type='gpu', checkpoint_dir=None, resume=False,
             epoch_callback=None):
@@ -685,6 +646,11 @@ class GRU4Rec:
         epoch_callback: called as epoch_callback(model, stats) after every finished epoch (after its
         checkpoint), with stats the epoch's entry of epoch_stats_; the model can predict and be evaluated
         there. If it returns True, training ends after that epoch (early stopping, pruning)."""
+        if self.backend == 'jax':
+            # JAX needs static shapes: fixed-width minibatches with masked slots, run K at a time in a scan.
+            # Until that lands, train on Numba; a trained model evaluates and predicts on JAX.
+            raise GRU4RecError("Training on the JAX backend is not implemented yet: train with backend='numba' "
+                               "(CPU), save, and load the model with backend='jax' to evaluate or predict")
         if store_type not in ('gpu', 'cpu'):
             raise GRU4RecError(f'Invalid store type {store_type} (use gpu or cpu)')
         if resume and not checkpoint_dir:
@@ -929,7 +895,8 @@ class GRU4Rec:
             return pytensor.function(inputs, [scores] + new_H, mode=custom_opt.compile_mode(self.backend))
         fn = self._compiled(('predict', cand is not None), lambda: build(cand is not None))
         args = [idx.astype(np.int32)] + ([cand.astype(np.int32)] if cand is not None else []) + state['H']
-        scores, *state['H'] = fn(*args)
+        scores, *H = fn(*args)
+        state['H'] = [np.array(h) for h in H]   # host copies: the next call resets slots in place
         index = self.itemidmap.index if cand is None else pd.Index(np.asarray(predict_for_item_ids))
         return pd.DataFrame(data=np.asarray(scores).T, index=index)
 
@@ -1223,19 +1190,6 @@ def _dropout(x, p, u):
 def _state_like(p):
     """A zero optimiser-state tensor with the shape of weight p."""
     return pytensor.shared(np.zeros_like(p.get_value()), name=f'{p.name}_state')
-
-
-def _sum_repeated_rows(p, idx, g):
-    """Textbook (lazy) Adam steps each distinct row once with its full gradient: sum the gradients of
-    repeated occurrences. Returns (distinct indices, summed gradients, current rows)."""
-    uniq, inv = pt.unique(idx, return_inverse=True)
-    g_sum = pt.inc_subtensor(pt.zeros((uniq.shape[0], g.shape[1]), dtype=FLOAT)[inv], g)
-    return uniq, g_sum, p[uniq]
-
-
-def _decay_then_accumulate(acc, idx, rho, inc):
-    """Rows idx of acc scaled once by rho, then inc accumulated per occurrence."""
-    return pt.inc_subtensor(pt.set_subtensor(acc[idx], rho * acc[idx])[idx], inc)
 
 
 def _numeric_column(col, name, what):

@@ -1,0 +1,520 @@
+"""Custom PyTensor Ops of GRU4Rec, each declared once with its implementations beside it.
+
+SparseRowUpdate: the optimiser step of an item-indexed weight (Wy, By, E, Wx0) and its optimiser state
+from per-occurrence gradient rows g (one row per occurrence of an item in idx), fused into one pass over
+the touched rows. Semantics (the original's, for repeated items in one minibatch; see the README):
+  * the weight gets the sum of the per-occurrence steps;
+  * states the original *sets* (Adagrad accumulator, momentum velocity, Adam step count) keep the value
+    of the last occurrence;
+  * states the original decays and accumulates (RMSProp, Adadelta, legacy Adam) are decayed once per
+    distinct row and accumulate every occurrence;
+  * textbook Adam ('adam') sums the gradients of repeated rows and steps each distinct row once.
+Every read of a weight or state sees its value from before the step, and sums run in occurrence order,
+so the result is deterministic on every backend.
+
+Implementations:
+  * SparseRowUpdateGraph -- the plain-PyTensor definition (a SymbolicOp: an OpFromGraph with props).
+    The model code uses it; every backend can run it, and it is the symbolic reference.
+  * SparseRowUpdate.perform -- numpy, row group by row group (the reference of the kernels);
+  * numba (CPU) and JAX (GPU) implementations registered below.
+custom_opt.py replaces SparseRowUpdateGraph by SparseRowUpdate, and makes it in-place where it is safe.
+"""
+from collections import namedtuple
+
+import numpy as np
+import pytensor.tensor as pt
+from pytensor.compile.builders import SymbolicOp
+from pytensor.graph.basic import Apply
+from pytensor.graph.op import Op
+
+FLOAT = 'float32'
+ADAPTS = (None, 'adagrad', 'rmsprop', 'adadelta', 'adam', 'adam_legacy')
+# number of per-row optimiser states of each method (the momentum velocity comes after them)
+N_STATES = {None: 0, 'adagrad': 1, 'rmsprop': 1, 'adadelta': 2, 'adam': 3, 'adam_legacy': 3}
+# adapt, lr, mu (momentum), lmbd (L2), eps, rho (rmsprop/adadelta decay; adam: beta2), b1 (adam beta1)
+RowUpdateSpec = namedtuple('RowUpdateSpec', 'adapt lr mu lmbd eps rho b1')
+
+
+def n_inputs_states(spec):
+    return N_STATES[spec.adapt] + (1 if spec.mu > 0 else 0)
+
+
+def sparse_row_update(spec, p, states, idx, g):
+    """New values of (p, *states) after the step; states = the adapt states, then the velocity if mu > 0.
+    Returns a list of symbolic variables (plain PyTensor until custom_opt fuses them)."""
+    if spec.adapt not in ADAPTS:
+        raise ValueError(f'unknown adapt {spec.adapt!r}')
+    if len(states) != n_inputs_states(spec):
+        raise ValueError(f'{spec.adapt} with momentum={spec.mu} takes {n_inputs_states(spec)} state(s), got {len(states)}')
+    out = SparseRowUpdateGraph(**spec._asdict())(p, *states, idx, g)
+    return out if isinstance(out, (list, tuple)) else [out]
+
+
+# --- the plain-PyTensor definition -----------------------------------------------------------------
+
+def _decay_then_accumulate(acc, idx, rho, inc):
+    """Rows idx of acc scaled once by rho, then inc accumulated per occurrence."""
+    return pt.inc_subtensor(pt.set_subtensor(acc[idx], rho * acc[idx])[idx], inc)
+
+
+def _f(x):
+    return np.float32(x)
+
+
+def plain_row_update(spec, p, states, idx, g):
+    """The step as a PyTensor graph of gathers and (inc_|set_)subtensors; see the module docstring."""
+    lr, mu, lmbd, eps, rho, b1 = map(_f, (spec.lr, spec.mu, spec.lmbd, spec.eps, spec.rho, spec.b1))
+    adapt, new_states = spec.adapt, []
+    if adapt == 'adam':  # one step per distinct row with the summed gradient
+        uniq, inv = pt.unique(idx, return_inverse=True)
+        g = pt.inc_subtensor(pt.zeros((uniq.shape[0], g.shape[1]), dtype=FLOAT)[inv], g)
+        idx = uniq
+    rows = p[idx]
+    if adapt == 'adagrad':
+        acc_rows = states[0][idx] + g ** 2
+        new_states.append(pt.set_subtensor(states[0][idx], acc_rows))
+        ghat = g / pt.sqrt(acc_rows + eps)
+    elif adapt in ('rmsprop', 'adadelta', 'adam_legacy'):
+        acc_new = _decay_then_accumulate(states[0], idx, rho, (1 - rho) * g ** 2)
+        new_states.append(acc_new)
+        if adapt == 'rmsprop':
+            ghat = g / pt.sqrt(acc_new[idx] + eps)
+        elif adapt == 'adadelta':
+            upd = states[1]
+            c = (upd[idx] + eps) / (acc_new[idx] + eps)
+            new_states.append(_decay_then_accumulate(upd, idx, rho, (1 - rho) * c * g ** 2))
+            ghat = g * pt.sqrt(c)
+        else:  # the original's Adam: the first moment accumulates g**2, both corrected with beta1
+            m, t = states[1], states[2]
+            m_new = _decay_then_accumulate(m, idx, b1, (1 - b1) * g ** 2)
+            t_rows = t[idx] + 1
+            new_states += [m_new, pt.set_subtensor(t[idx], t_rows)]
+            corr = 1 - b1 ** t_rows
+            ghat = (m_new[idx] / corr) / (pt.sqrt(acc_new[idx] / corr) + eps)
+    elif adapt == 'adam':
+        v, m, t = states[:3]
+        t_rows, m_rows = t[idx] + 1, b1 * m[idx] + (1 - b1) * g
+        v_rows = rho * v[idx] + (1 - rho) * g ** 2
+        new_states += [pt.set_subtensor(v[idx], v_rows), pt.set_subtensor(m[idx], m_rows),
+                       pt.set_subtensor(t[idx], t_rows)]
+        ghat = (m_rows / (1 - b1 ** t_rows)) / (pt.sqrt(v_rows / (1 - rho ** t_rows)) + eps)
+    else:
+        ghat = g
+    delta = lr * (ghat + lmbd * rows) if lmbd > 0 else lr * ghat
+    if mu > 0:
+        v = states[-1]
+        v_occ = mu * v[idx] - delta
+        new_states.append(pt.set_subtensor(v[idx], v_occ))
+        return [pt.inc_subtensor(p[idx], v_occ)] + new_states
+    return [pt.inc_subtensor(p[idx], -delta)] + new_states
+
+
+class SparseRowUpdateGraph(SymbolicOp):
+    """(p, *states, idx, g) -> (new p, *new states) as a plain graph; custom_opt swaps in SparseRowUpdate."""
+    __props__ = RowUpdateSpec._fields
+
+    def build_inner_graph(self, p, *rest):
+        *states, idx, g = rest
+        spec = RowUpdateSpec(*(getattr(self, k) for k in RowUpdateSpec._fields))
+        return plain_row_update(spec, p, list(states), idx, g)
+
+
+# --- the fused Op ----------------------------------------------------------------------------------
+
+class SparseRowUpdate(Op):
+    """Fused SparseRowUpdateGraph. inplace=True overwrites p and the states (set by custom_opt)."""
+    __props__ = RowUpdateSpec._fields + ('inplace',)
+
+    def __init__(self, adapt, lr, mu, lmbd, eps, rho, b1, inplace=False):
+        self.adapt, self.lr, self.mu, self.lmbd, self.eps, self.rho, self.b1 = adapt, lr, mu, lmbd, eps, rho, b1
+        self.inplace = inplace
+        self.n_out = 1 + n_inputs_states(self.spec)
+        if inplace:
+            self.destroy_map = {i: [i] for i in range(self.n_out)}
+
+    @property
+    def spec(self):
+        return RowUpdateSpec(self.adapt, self.lr, self.mu, self.lmbd, self.eps, self.rho, self.b1)
+
+    def make_node(self, p, *rest):
+        *states, idx, g = rest
+        p, states = pt.as_tensor_variable(p), [pt.as_tensor_variable(s) for s in states]
+        idx, g = pt.as_tensor_variable(idx), pt.as_tensor_variable(g)
+        if len(states) + 1 != self.n_out or idx.ndim != 1 or not idx.dtype.startswith(('int', 'uint')) or g.ndim != 2:
+            raise TypeError('SparseRowUpdate takes (p, *states, idx: int vector, g: matrix)')
+        return Apply(self, [p, *states, idx, g], [v.type() for v in [p, *states]])
+
+    def infer_shape(self, node, shapes):
+        return shapes[:self.n_out]
+
+    def grad(self, inputs, output_grads):
+        raise NotImplementedError('SparseRowUpdate is an optimiser step; it has no gradient')
+
+    def perform(self, node, inputs, outputs):
+        arrays, idx, g = inputs[:self.n_out], inputs[-2], inputs[-1]
+        if not self.inplace:
+            arrays = [a.copy() for a in arrays]
+        if len(idx) and (idx.min() < 0 or idx.max() >= arrays[0].shape[0]):
+            raise IndexError('SparseRowUpdate: index out of bounds')
+        numpy_row_update(self.spec, arrays, idx, g)
+        for out, a in zip(outputs, arrays):
+            out[0] = a
+
+
+def row_groups(idx):
+    """Occurrences of each distinct index, in order of first occurrence: a list of position arrays."""
+    order = np.argsort(idx, kind='stable')
+    bounds = np.flatnonzero(np.diff(idx[order])) + 1
+    groups = np.split(order, bounds) if len(idx) else []
+    return sorted(groups, key=lambda gr: gr[0])
+
+
+def numpy_row_update(spec, arrays, idx, g):
+    """In place on arrays = [p, *states]: the step, one distinct row at a time (the kernels' reference)."""
+    f = np.float32
+    lr, mu, lmbd, eps, rho, b1 = map(f, (spec.lr, spec.mu, spec.lmbd, spec.eps, spec.rho, spec.b1))
+    p, states = arrays[0], arrays[1:]
+    vel = states[-1] if mu > 0 else None
+    for occ in row_groups(np.asarray(idx)):
+        r = idx[occ[0]]
+        gs = g[occ].astype(f)                               # occurrences x d
+        p_old = p[r].copy()
+        if spec.adapt == 'adam':
+            gs = gs.sum(axis=0, keepdims=True) if len(gs) > 1 else gs
+        if spec.adapt == 'adagrad':
+            acc_occ = states[0][r] + gs ** 2
+            states[0][r] = acc_occ[-1]
+            ghat = gs / np.sqrt(acc_occ + eps)
+        elif spec.adapt in ('rmsprop', 'adadelta', 'adam_legacy'):
+            acc = rho * states[0][r]
+            for inc in (1 - rho) * gs ** 2:
+                acc = acc + inc
+            if spec.adapt == 'rmsprop':
+                ghat = gs / np.sqrt(acc + eps)
+            elif spec.adapt == 'adadelta':
+                c = (states[1][r] + eps) / (acc + eps)
+                upd = rho * states[1][r]
+                for inc in (1 - rho) * c * gs ** 2:
+                    upd = upd + inc
+                states[1][r] = upd
+                ghat = gs * np.sqrt(c)
+            else:
+                m = b1 * states[1][r]
+                for inc in (1 - b1) * gs ** 2:
+                    m = m + inc
+                t = states[2][r] + 1
+                states[1][r], states[2][r] = m, t
+                corr = 1 - b1 ** t
+                ghat = (m / corr) / (np.sqrt(acc / corr) + eps)
+                ghat = np.broadcast_to(ghat, gs.shape)
+            states[0][r] = acc
+        elif spec.adapt == 'adam':
+            t = states[2][r] + 1
+            m = b1 * states[1][r] + (1 - b1) * gs[0]
+            v = rho * states[0][r] + (1 - rho) * gs[0] ** 2
+            states[0][r], states[1][r], states[2][r] = v, m, t
+            ghat = ((m / (1 - b1 ** t)) / (np.sqrt(v / (1 - rho ** t)) + eps))[None]
+        else:
+            ghat = gs
+        delta = lr * (ghat + lmbd * p_old) if lmbd > 0 else lr * ghat
+        new = p_old
+        if mu > 0:
+            v_occ = mu * vel[r] - delta
+            vel[r] = v_occ[-1]
+            for step in v_occ:
+                new = new + step
+        else:
+            for step in delta:
+                new = new - step
+        p[r] = new
+
+
+# --- Numba (CPU) ------------------------------------------------------------------------------------
+
+def _numba_kernel(spec):
+    """An njit function (p, s0, s1, s2, vel, idx, g) -> None updating in place; unused states are 1 x d
+    placeholders."""
+    from pytensor.link.numba.dispatch.basic import numba_njit
+    f = np.float32
+    lr, mu, lmbd, eps, rho, b1 = map(f, (spec.lr, spec.mu, spec.lmbd, spec.eps, spec.rho, spec.b1))
+    one = f(1)
+    ADAGRAD, RMSPROP, ADADELTA, ADAM, LEGACY = (spec.adapt == a for a in ADAPTS[1:])
+    DECAY = RMSPROP or ADADELTA or LEGACY
+    MOMENTUM, L2 = spec.mu > 0, spec.lmbd > 0
+    S0, S1, S2 = (N_STATES[spec.adapt] > i for i in range(3))
+
+    @numba_njit(boundscheck=False, error_model='numpy')
+    def kernel(p, s0, s1, s2, vel, idx, g):
+        K, N, d = idx.shape[0], p.shape[0], p.shape[1]
+        # chain the occurrences of each row: nxt[j] = next occurrence of idx[j] (-1: none), head[j] = first
+        size = 16
+        while size < 2 * K:
+            size *= 2
+        keys = np.full(size, -1, np.int64)
+        tail = np.empty(size, np.int64)
+        nxt = np.full(K, -1, np.int64)
+        head = np.zeros(K, np.bool_)
+        for j in range(K):
+            r = np.int64(idx[j])
+            if r < 0 or r >= N:
+                raise IndexError('SparseRowUpdate: index out of bounds')
+            h = (r * 2654435761) & (size - 1)
+            while keys[h] != -1 and keys[h] != r:
+                h = (h + 1) & (size - 1)
+            if keys[h] == -1:
+                keys[h], tail[h], head[j] = r, j, True
+            else:
+                nxt[tail[h]] = j
+                tail[h] = j
+        p_old = np.empty(d, np.float32)
+        p_new = np.empty(d, np.float32)
+        a_new = np.empty(d, np.float32)   # state row after the step (accumulators, last occurrence)
+        b_new = np.empty(d, np.float32)
+        v_last = np.empty(d, np.float32)
+        gsum = np.empty(d, np.float32)
+        for j0 in range(K):
+            if not head[j0]:
+                continue
+            r = idx[j0]
+            if nxt[j0] == -1:   # the common case, a row that occurs once: one in-place pass
+                pr, gr = p[r], g[j0]
+                s0r, s1r, s2r = s0[r if S0 else 0], s1[r if S1 else 0], s2[r if S2 else 0]
+                vr = vel[r if MOMENTUM else 0]
+                for k in range(d):
+                    gk = gr[k]
+                    if ADAGRAD:
+                        a = s0r[k] + gk * gk
+                        s0r[k] = a
+                        ghat = gk / np.sqrt(a + eps)
+                    elif RMSPROP:
+                        a = rho * s0r[k] + (one - rho) * (gk * gk)
+                        s0r[k] = a
+                        ghat = gk / np.sqrt(a + eps)
+                    elif ADADELTA:
+                        a = rho * s0r[k] + (one - rho) * (gk * gk)
+                        c = (s1r[k] + eps) / (a + eps)
+                        s0r[k] = a
+                        s1r[k] = rho * s1r[k] + (one - rho) * c * (gk * gk)
+                        ghat = gk * np.sqrt(c)
+                    elif LEGACY:
+                        a = rho * s0r[k] + (one - rho) * (gk * gk)
+                        m = b1 * s1r[k] + (one - b1) * (gk * gk)
+                        t = s2r[k] + one
+                        s0r[k], s1r[k], s2r[k] = a, m, t
+                        corr = one - b1 ** t
+                        ghat = (m / corr) / (np.sqrt(a / corr) + eps)
+                    elif ADAM:
+                        t = s2r[k] + one
+                        m = b1 * s1r[k] + (one - b1) * gk
+                        v = rho * s0r[k] + (one - rho) * (gk * gk)
+                        s0r[k], s1r[k], s2r[k] = v, m, t
+                        ghat = (m / (one - b1 ** t)) / (np.sqrt(v / (one - rho ** t)) + eps)
+                    else:
+                        ghat = gk
+                    delta = lr * (ghat + lmbd * pr[k]) if L2 else lr * ghat
+                    if MOMENTUM:
+                        v_occ = mu * vr[k] - delta
+                        vr[k] = v_occ
+                        pr[k] += v_occ
+                    else:
+                        pr[k] -= delta
+                continue
+            # a repeated row: every occurrence reads the old rows, the row is written once at the end
+            for k in range(d):
+                p_old[k] = p[r, k]
+                p_new[k] = p[r, k]
+            if DECAY:   # decayed once, then accumulated per occurrence
+                for k in range(d):
+                    a_new[k] = rho * s0[r, k]
+                    if LEGACY:
+                        b_new[k] = b1 * s1[r, k]
+                j = j0
+                while j != -1:
+                    for k in range(d):
+                        g2 = g[j, k] * g[j, k]
+                        a_new[k] += (one - rho) * g2
+                        if LEGACY:
+                            b_new[k] += (one - b1) * g2
+                    j = nxt[j]
+                if ADADELTA:
+                    for k in range(d):
+                        b_new[k] = rho * s1[r, k]
+            if ADAM:    # one step per distinct row with the summed gradient
+                for k in range(d):
+                    gsum[k] = g[j0, k]
+                j = nxt[j0]
+                while j != -1:
+                    for k in range(d):
+                        gsum[k] += g[j, k]
+                    j = nxt[j]
+            j = j0
+            while j != -1:
+                for k in range(d):
+                    gj = gsum[k] if ADAM else g[j, k]
+                    if ADAGRAD:
+                        a = s0[r, k] + gj * gj
+                        a_new[k] = a
+                        ghat = gj / np.sqrt(a + eps)
+                    elif RMSPROP:
+                        ghat = gj / np.sqrt(a_new[k] + eps)
+                    elif ADADELTA:
+                        c = (s1[r, k] + eps) / (a_new[k] + eps)
+                        b_new[k] += (one - rho) * c * (gj * gj)
+                        ghat = gj * np.sqrt(c)
+                    elif LEGACY:
+                        corr = one - b1 ** (s2[r, k] + one)
+                        ghat = (b_new[k] / corr) / (np.sqrt(a_new[k] / corr) + eps)
+                    elif ADAM:
+                        t = s2[r, k] + one
+                        m = b1 * s1[r, k] + (one - b1) * gj
+                        v = rho * s0[r, k] + (one - rho) * (gj * gj)
+                        a_new[k], b_new[k] = v, m
+                        ghat = (m / (one - b1 ** t)) / (np.sqrt(v / (one - rho ** t)) + eps)
+                    else:
+                        ghat = gj
+                    delta = lr * (ghat + lmbd * p_old[k]) if L2 else lr * ghat
+                    if MOMENTUM:
+                        v_occ = mu * vel[r, k] - delta
+                        v_last[k] = v_occ
+                        p_new[k] += v_occ
+                    else:
+                        p_new[k] -= delta
+                j = -1 if ADAM else nxt[j]
+            for k in range(d):
+                p[r, k] = p_new[k]
+                if ADAGRAD or DECAY:
+                    s0[r, k] = a_new[k]
+                if LEGACY or ADADELTA:
+                    s1[r, k] = b_new[k]
+                if LEGACY:
+                    s2[r, k] += one
+                if ADAM:
+                    s0[r, k], s1[r, k] = a_new[k], b_new[k]
+                    s2[r, k] += one
+                if MOMENTUM:
+                    vel[r, k] = v_last[k]
+
+    return kernel
+
+
+def _numba_funcify_sparse_row_update(op, node=None, **kwargs):
+    from pytensor.link.numba.dispatch.basic import numba_njit
+    from pytensor.link.utils import compile_function_src
+    kernel = _numba_kernel(op.spec)
+    n_states, momentum = N_STATES[op.adapt], op.mu > 0
+    names = ['p'] + [f's{i}' for i in range(n_states)] + (['vel'] if momentum else [])
+    args = ['p'] + [f's{i}' if i < n_states else 'empty' for i in range(3)] + ['vel' if momentum else 'empty']
+    lines = [f'def sparse_row_update({", ".join(names)}, idx, g):']
+    if not op.inplace:
+        lines += [f'    {n} = {n}.copy()' for n in names]
+    # PyTensor types arrays with 'any' layout; as C-contiguous the row loops vectorise. ascontiguousarray is
+    # a no-copy retyping for arrays that are contiguous (the shared weights always are); the Op returns
+    # these arrays, so a copy made for a strided input would still be the correct output.
+    lines += [f'    {n} = np.ascontiguousarray({n})' for n in names + ['idx', 'g']]
+    lines += ['    empty = np.empty((1, p.shape[1]), dtype=p.dtype)',
+              f'    kernel({", ".join(args)}, idx, g)',
+              f'    return {", ".join(names)}{"," if len(names) == 1 else ""}']
+    fn = compile_function_src('\n'.join(lines), 'sparse_row_update', {'np': np, 'kernel': kernel})
+    if len(names) == 1:  # a one-output Op returns the array itself
+        single = numba_njit(fn)
+
+        @numba_njit
+        def one_output(p, idx, g):
+            return single(p, idx, g)[0]
+        return one_output
+    return numba_njit(fn)
+
+
+def _register_numba():
+    try:
+        from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
+    except ImportError:  # numba not installed: the plain graph runs instead
+        return
+    register_funcify_default_op_cache_key(SparseRowUpdate)(_numba_funcify_sparse_row_update)
+
+
+# --- JAX (GPU; also runs on the CPU) ----------------------------------------------------------------
+
+def _jax_funcify_sparse_row_update(op, node=None, **kwargs):
+    """Vectorised over occurrences. Repeated rows: 'set' states keep the last occurrence (chosen with a
+    deterministic scatter-max of positions), sums go through scatter-add (deterministic on the CPU; on the
+    GPU with XLA_FLAGS=--xla_gpu_deterministic_ops=true, which custom_opt sets)."""
+    import jax.numpy as jnp
+    spec = op.spec
+    f = np.float32
+    lr, mu, lmbd, eps, rho, b1 = map(f, (spec.lr, spec.mu, spec.lmbd, spec.eps, spec.rho, spec.b1))
+    n_states = N_STATES[spec.adapt]
+
+    def update(p, *rest):
+        *states, idx, g = rest
+        states = list(states)
+        N, K = p.shape[0], idx.shape[0]
+        pos = jnp.arange(K)
+        last = jnp.full((N,), -1, pos.dtype).at[idx].max(pos)[idx] == pos
+        first = jnp.full((N,), K, pos.dtype).at[idx].min(pos)[idx] == pos
+        only_last = jnp.where(last, idx, N)     # scatter target: dropped unless the last occurrence
+        adapt = spec.adapt
+        if adapt == 'adam':   # summed gradient on the first occurrence, the others step by nothing
+            gsum = jnp.zeros_like(g).at[jnp.full((N,), K, pos.dtype).at[idx].min(pos)[idx]].add(g)
+            g = jnp.where(first[:, None], gsum, 0)
+            only_last = jnp.where(first, idx, N)
+        rows = p[idx]
+        new_states = []
+        if adapt == 'adagrad':
+            acc = states[0][idx] + g * g
+            new_states.append(states[0].at[only_last].set(acc, mode='drop'))
+            ghat = g / jnp.sqrt(acc + eps)
+        elif adapt in ('rmsprop', 'adadelta', 'adam_legacy'):
+            def decay_acc(s, decay, inc):
+                return s.at[idx].set(decay * s[idx]).at[idx].add(inc)
+            acc_new = decay_acc(states[0], rho, (1 - rho) * g * g)
+            new_states.append(acc_new)
+            if adapt == 'rmsprop':
+                ghat = g / jnp.sqrt(acc_new[idx] + eps)
+            elif adapt == 'adadelta':
+                c = (states[1][idx] + eps) / (acc_new[idx] + eps)
+                new_states.append(decay_acc(states[1], rho, (1 - rho) * c * g * g))
+                ghat = g * jnp.sqrt(c)
+            else:
+                m_new = decay_acc(states[1], b1, (1 - b1) * g * g)
+                t_rows = states[2][idx] + 1
+                new_states += [m_new, states[2].at[only_last].set(t_rows, mode='drop')]
+                corr = 1 - b1 ** t_rows
+                ghat = (m_new[idx] / corr) / (jnp.sqrt(acc_new[idx] / corr) + eps)
+        elif adapt == 'adam':
+            v, m, t = states[:3]
+            t_rows, m_rows = t[idx] + 1, b1 * m[idx] + (1 - b1) * g
+            v_rows = rho * v[idx] + (1 - rho) * g * g
+            new_states += [s.at[only_last].set(x, mode='drop') for s, x in ((v, v_rows), (m, m_rows), (t, t_rows))]
+            ghat = (m_rows / (1 - b1 ** t_rows)) / (jnp.sqrt(v_rows / (1 - rho ** t_rows)) + eps)
+            ghat = jnp.where(first[:, None], ghat, 0)
+        else:
+            ghat = g
+        delta = lr * (ghat + lmbd * rows) if spec.lmbd > 0 else lr * ghat
+        if adapt == 'adam' and spec.lmbd > 0:
+            delta = jnp.where(first[:, None], delta, 0)
+        if spec.mu > 0:
+            vel = states[n_states]
+            v_occ = mu * vel[idx] - delta
+            if adapt == 'adam':
+                v_occ = jnp.where(first[:, None], v_occ, 0)
+            new_states.append(vel.at[only_last].set(v_occ, mode='drop'))
+            new_p = p.at[idx].add(v_occ)
+        else:
+            new_p = p.at[idx].add(-delta)
+        out = [new_p] + new_states
+        return out[0] if len(out) == 1 else tuple(out)
+
+    return update
+
+
+def _register_jax():
+    try:
+        from pytensor.link.jax.dispatch import jax_funcify
+    except ImportError:  # jax not installed
+        return
+    jax_funcify.register(SparseRowUpdate)(_jax_funcify_sparse_row_update)
+
+
+_register_numba()
+_register_jax()

@@ -1,0 +1,163 @@
+"""gpu_ops.SparseRowUpdate: the fused optimiser step of item-indexed weights against its plain-PyTensor
+definition, on every optimiser, with and without momentum and L2, with repeated items; the Numba kernel
+and the JAX implementation against the numpy reference; the custom_opt rewrites."""
+import itertools
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from pytensor.compile.mode import get_mode
+
+import custom_opt
+import gpu_ops
+
+ADAPTS = [None, 'adagrad', 'rmsprop', 'adadelta', 'adam', 'adam_legacy']
+N, D = 9, 4
+IDX = np.array([3, 1, 3, 7, 0, 3, 8, 1], dtype=np.int32)   # rows 3 and 1 repeat; 2, 4, 5, 6 untouched
+
+
+def spec_for(adapt, mu, lmbd):
+    rho = {'rmsprop': 0.9, 'adadelta': 0.95, 'adam': 0.999, 'adam_legacy': 0.999}.get(adapt, 0.0)
+    b1 = 0.9 if adapt in ('adam', 'adam_legacy') else 0.0
+    lr = 1.0 if adapt == 'adadelta' else 0.1
+    return gpu_ops.RowUpdateSpec(adapt, lr, mu, lmbd, 1e-6, rho, b1)
+
+
+def start_arrays(spec, seed=0):
+    rng = np.random.default_rng(seed)
+    n = 1 + gpu_ops.n_inputs_states(spec)
+    arrays = [rng.normal(size=(N, D)).astype(np.float32)]
+    arrays += [rng.uniform(0.1, 1.0, size=(N, D)).astype(np.float32) for _ in range(n - 1)]  # non-zero states
+    return arrays
+
+
+def gradients(steps, seed=1):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(len(IDX), D)).astype(np.float32) for _ in range(steps)]
+
+
+def compiled_step(spec, arrays, mode):
+    shared = [pytensor.shared(a.copy()) for a in arrays]
+    idx, g = pt.ivector('idx'), pt.fmatrix('g')
+    new = gpu_ops.sparse_row_update(spec, shared[0], shared[1:], idx, g)
+    fn = pytensor.function([idx, g], [], updates=list(zip(shared, new)), mode=mode)
+    return fn, shared
+
+
+CASES = list(itertools.product(ADAPTS, [0.0, 0.5], [0.0, 0.01]))
+
+
+@pytest.mark.parametrize('adapt, mu, lmbd', CASES)
+def test_fused_op_equals_plain_graph(adapt, mu, lmbd):
+    """Python backend: the plain graph (the definition) vs the fused Op's numpy perform, 3 steps."""
+    spec = spec_for(adapt, mu, lmbd)
+    arrays = start_arrays(spec)
+    plain, plain_vars = compiled_step(spec, arrays, custom_opt.compile_mode('python'))
+    fused, fused_vars = compiled_step(spec, arrays, get_mode('FAST_COMPILE').including(custom_opt.FUSED_TAG))
+    assert any(isinstance(n.op, gpu_ops.SparseRowUpdate) for n in fused.maker.fgraph.apply_nodes)
+    assert not any(isinstance(n.op, (gpu_ops.SparseRowUpdate, gpu_ops.SparseRowUpdateGraph))
+                   for n in plain.maker.fgraph.apply_nodes)
+    for g in gradients(3):
+        plain(IDX, g)
+        fused(IDX, g)
+    for a, b, start in zip(plain_vars, fused_vars, arrays):
+        np.testing.assert_allclose(b.get_value(), a.get_value(), rtol=2e-5, atol=1e-6)
+    untouched = [2, 4, 5, 6]
+    for var, start in zip(fused_vars, arrays):
+        np.testing.assert_array_equal(var.get_value()[untouched], start[untouched])
+
+
+def test_repeated_rows_follow_the_original_semantics_by_hand():
+    """Adagrad + momentum, one row twice: the weight gets both steps, accumulator and velocity the last."""
+    spec = gpu_ops.RowUpdateSpec('adagrad', 0.5, 0.5, 0.0, 0.0, 0.0, 0.0)
+    p, acc, vel = (np.full((2, 1), v, np.float32) for v in (1.0, 3.0, 0.2))
+    idx, g = np.array([0, 0], np.int32), np.array([[1.0], [3.0]], np.float32)
+    gpu_ops.numpy_row_update(spec, [p, acc, vel], idx, g)
+    # occurrence 1: acc 3+1=4, step .5*1/2=.25, v .1-.25=-.15 ; occurrence 2: acc 3+9=12, step .5*3/sqrt(12)
+    v2 = 0.1 - 0.5 * 3 / np.sqrt(12)
+    np.testing.assert_allclose([p[0, 0], acc[0, 0], vel[0, 0]], [1 - 0.15 + v2, 12.0, v2], rtol=1e-6)
+    np.testing.assert_array_equal([p[1, 0], acc[1, 0], vel[1, 0]], np.float32([1.0, 3.0, 0.2]))
+
+
+NUMBA_CASES = [(a, 0.5, 0.01) for a in ADAPTS] + [(None, 0.0, 0.0), ('adagrad', 0.0, 0.0), ('rmsprop', 0.0, 0.0)]
+
+
+@pytest.mark.parametrize('adapt, mu, lmbd', NUMBA_CASES)
+def test_numba_kernel_equals_numpy_reference(adapt, mu, lmbd):
+    """The fused, in-place Op compiled by PyTensor's Numba backend vs numpy_row_update, 3 steps."""
+    pytest.importorskip('numba')
+    spec = spec_for(adapt, mu, lmbd)
+    ref = start_arrays(spec)
+    fn, shared = compiled_step(spec, ref, custom_opt.compile_mode('numba', fused=True))
+    assert [n.op.inplace for n in fn.maker.fgraph.apply_nodes if isinstance(n.op, gpu_ops.SparseRowUpdate)] == [True]
+    for g in gradients(3):
+        gpu_ops.numpy_row_update(spec, ref, IDX, g)
+        fn(IDX, g)
+    for a, b in zip(ref, shared):
+        np.testing.assert_allclose(b.get_value(), a, rtol=2e-5, atol=1e-6)
+
+
+def test_numba_kernel_rejects_out_of_range_rows():
+    pytest.importorskip('numba')
+    spec = spec_for('adagrad', 0.0, 0.0)
+    fn, _ = compiled_step(spec, start_arrays(spec), custom_opt.compile_mode('numba', fused=True))
+    with pytest.raises(IndexError):
+        fn(np.array([0, N], np.int32), np.ones((2, D), np.float32))
+
+
+@pytest.mark.parametrize('adapt, mu, lmbd', [c for c in CASES if c[2] == 0.0] + [('adagrad', 0.5, 0.01)])
+def test_jax_implementation_equals_numpy_reference(adapt, mu, lmbd):
+    jax = pytest.importorskip('jax')
+    jax.config.update('jax_enable_x64', False)
+    spec = spec_for(adapt, mu, lmbd)
+    ref, got = start_arrays(spec), [jax.numpy.asarray(a) for a in start_arrays(spec)]
+    fn = jax.jit(gpu_ops._jax_funcify_sparse_row_update(gpu_ops.SparseRowUpdate(*spec)))
+    for g in gradients(3):
+        gpu_ops.numpy_row_update(spec, ref, IDX, g)
+        out = fn(*got, IDX, g)
+        got = list(out) if isinstance(out, tuple) else [out]
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(np.asarray(b), a, rtol=2e-5, atol=1e-6)
+
+
+def test_numba_mode_fuses_in_place_and_plain_mode_does_not():
+    pytest.importorskip('numba')
+    spec = spec_for('adagrad', 0.5, 0.0)
+    arrays = start_arrays(spec)
+    fused, fused_vars = compiled_step(spec, arrays, custom_opt.compile_mode('numba', fused=True))
+    plain, plain_vars = compiled_step(spec, arrays, custom_opt.compile_mode('numba', fused=False))
+    ops = [n.op for n in fused.maker.fgraph.apply_nodes]
+    assert len(ops) == 1 and isinstance(ops[0], gpu_ops.SparseRowUpdate) and ops[0].inplace
+    assert not any(isinstance(n.op, (gpu_ops.SparseRowUpdate, gpu_ops.SparseRowUpdateGraph))
+                   for n in plain.maker.fgraph.apply_nodes)
+    for g in gradients(4):
+        fused(IDX, g)
+        plain(IDX, g)
+    for a, b in zip(plain_vars, fused_vars):
+        np.testing.assert_allclose(b.get_value(), a.get_value(), rtol=2e-5, atol=1e-6)
+
+
+def test_wrong_number_of_states_is_refused():
+    spec = spec_for('adadelta', 0.5, 0.0)   # needs 2 adadelta states + velocity
+    p = pytensor.shared(np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match='takes 3 state'):
+        gpu_ops.sparse_row_update(spec, p, [p, p], pt.ivector(), pt.fmatrix())
+
+
+@pytest.mark.slow
+def test_training_with_fused_updates_equals_plain(monkeypatch):
+    """A real fit on Numba (Adagrad + momentum, shared embedding, repeated items in every minibatch): the
+    same epoch losses and weights with the fused Op as with the plain graph."""
+    from gru4rec import GRU4Rec
+    from test_model import generated_sessions
+    data = generated_sessions(n_sessions=150, n_items=12)   # 12 items: repeats in every step
+    runs = {}
+    for fused in (False, True):
+        monkeypatch.setitem(custom_opt.FUSE_BY_DEFAULT, 'numba', fused)
+        m = GRU4Rec(loss='cross-entropy', final_act='softmax', layers=[6], batch_size=8, n_sample=6, n_epochs=3,
+                    momentum=0.3, constrained_embedding=True, logq=1.0, backend='numba')
+        m.fit(data)
+        runs[fused] = ([e['loss'] for e in m.epoch_stats_], m.weights['Wy'].get_value())
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-5)
+    np.testing.assert_allclose(runs[True][1], runs[False][1], rtol=1e-4, atol=1e-6)
