@@ -1,0 +1,47 @@
+"""The JAX backend on the CPU: a trained model evaluates and predicts as on Numba; training is refused
+with a clear message until the fixed-shape (chunked) training path exists."""
+import numpy as np
+import pytest
+
+import evaluation
+from gru4rec import GRU4Rec, GRU4RecError
+from test_model import generated_sessions
+
+jax = pytest.importorskip('jax')
+
+
+@pytest.fixture(scope='module')
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp('jax') / 'model.gru4rec'
+    m = GRU4Rec(loss='bpr-max', final_act='elu-0.5', layers=[12], batch_size=8, n_sample=10, n_epochs=2,
+                momentum=0.2, constrained_embedding=True, backend='python')
+    m.fit(generated_sessions(n_sessions=120))
+    m.savemodel(str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize('mode', ['standard', 'conservative', 'median'])
+def test_jax_evaluation_equals_numba(model_file, mode):
+    test = generated_sessions(n_sessions=40, seed=3)
+    results = {}
+    for backend in ('numba', 'jax'):
+        m = GRU4Rec.loadmodel(model_file, backend=backend)
+        results[backend] = evaluation.evaluate_gpu(m, test, cut_off=[1, 5, 10], mode=mode)
+    np.testing.assert_allclose(np.array(results['jax']), np.array(results['numba']), rtol=0, atol=1e-4)
+    assert 0 < results['jax'][0][2] < 1
+
+
+def test_jax_prediction_equals_numba(model_file):
+    scores = {}
+    for backend in ('numba', 'jax'):
+        m = GRU4Rec.loadmodel(model_file, backend=backend)
+        scores[backend] = [m.predict_next_batch(np.array([1, 2]), np.array([i, j]), batch=2).values
+                           for i, j in ((0, 1), (2, 3))]
+    for a, b in zip(scores['numba'], scores['jax']):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_training_on_jax_is_refused_clearly():
+    m = GRU4Rec(layers=[4], batch_size=4, n_sample=0, backend='jax')
+    with pytest.raises(GRU4RecError, match="not implemented yet: train with backend='numba'"):
+        m.fit(generated_sessions())
