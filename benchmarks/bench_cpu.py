@@ -56,11 +56,16 @@ def main():
     p.add_argument('--layers', type=int, default=100)
     p.add_argument('--losses', nargs='+', default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument('--backend', default='numba')
+    p.add_argument('--fused', choices=['default', 'yes', 'no'], default='default',
+                   help="use gpu_ops' fused sparse-update Op (yes), the plain graph (no), or the backend's default")
     args = p.parse_args()
+    if args.fused != 'default':
+        import custom_opt
+        custom_opt.FUSE_BY_DEFAULT[args.backend] = args.fused == 'yes'
     data = pd.read_csv(args.path, sep='\t', nrows=args.events)
     print(f'data: {args.path}: {len(data)} events, {data.ItemId.nunique()} items, {data.SessionId.nunique()} sessions')
     print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, '
-          f'threads={os.environ["OPENBLAS_NUM_THREADS"]}, backend={args.backend}')
+          f'threads={os.environ["OPENBLAS_NUM_THREADS"]}, backend={args.backend}, fused={args.fused}')
     gather_us, gemm_us = calibration(data.ItemId.nunique(), args.layers, args.batch_size + args.n_sample)
     print(f'calibration: gather of {args.batch_size + args.n_sample} rows {gather_us:.0f} us, '
           f'score GEMM {gemm_us:.0f} us (numpy)')
