@@ -397,7 +397,16 @@ def _numba_kernel(spec):
     return kernel
 
 
+def _source_salt():
+    """An integer that changes whenever this file changes. PyTensor caches compiled Numba code on disk under a
+    key made of the Op class and its props only; the salt keeps a cached kernel from outliving its source."""
+    import hashlib
+    with open(__file__, 'rb') as f:
+        return int(hashlib.sha256(f.read()).hexdigest()[:12], 16)
+
+
 def _numba_funcify_sparse_row_update(op, node=None, **kwargs):
+    """(numba function, cache-key salt) for a SparseRowUpdate node."""
     from pytensor.link.numba.dispatch.basic import numba_njit
     from pytensor.link.utils import compile_function_src
     kernel = _numba_kernel(op.spec)
@@ -421,8 +430,8 @@ def _numba_funcify_sparse_row_update(op, node=None, **kwargs):
         @numba_njit
         def one_output(p, idx, g):
             return single(p, idx, g)[0]
-        return one_output
-    return numba_njit(fn)
+        return one_output, _source_salt()
+    return numba_njit(fn), _source_salt()
 
 
 def _register_numba():

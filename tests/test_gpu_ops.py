@@ -161,3 +161,15 @@ def test_training_with_fused_updates_equals_plain(monkeypatch):
         runs[fused] = ([e['loss'] for e in m.epoch_stats_], m.weights['Wy'].get_value())
     np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-5)
     np.testing.assert_allclose(runs[True][1], runs[False][1], rtol=1e-4, atol=1e-6)
+
+
+def test_numba_kernel_cache_key_changes_with_the_source(tmp_path, monkeypatch):
+    """PyTensor caches compiled Numba code by Op class and props: the kernel adds a salt from its source file,
+    so an edited kernel is never served from an old cache entry."""
+    pytest.importorskip('numba')
+    fn, salt = gpu_ops._numba_funcify_sparse_row_update(gpu_ops.SparseRowUpdate(*spec_for('adagrad', 0.5, 0.0)))
+    assert salt == gpu_ops._source_salt()
+    edited = tmp_path / 'gpu_ops.py'
+    edited.write_bytes(open(gpu_ops.__file__, 'rb').read() + b'\n# edited\n')
+    monkeypatch.setattr(gpu_ops, '__file__', str(edited))
+    assert gpu_ops._source_salt() != salt
