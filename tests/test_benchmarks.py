@@ -1,0 +1,32 @@
+"""The synthetic click-log generator of benchmarks/bench_synthetic.py: the catalogue size it promises,
+session lengths, order and popularity skew."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+from bench_synthetic import synthetic_sessions  # noqa: E402
+
+
+def test_synthetic_sessions_cover_the_catalogue_with_realistic_shape():
+    df = synthetic_sessions(3000, 60000, seed=5)
+    assert abs(len(df) - 60000) < 20 and set(df.ItemId) == set(range(3000))
+    lengths = df.groupby('SessionId').size()
+    assert lengths.min() >= 2 and 4.2 < lengths.mean() < 4.8
+    # sessions contiguous and in time order; times increase within a session
+    assert (np.diff(df.SessionId.values) >= 0).all()
+    same = np.diff(df.SessionId.values) == 0
+    assert (np.diff(df.Time.values)[same] > 0).all()
+    counts = df.ItemId.value_counts().values
+    assert counts[0] > 20 * np.median(counts)                  # Zipf-like: a few items dominate
+    again = synthetic_sessions(3000, 60000, seed=5)
+    assert again.equals(df)
+
+
+def test_too_few_events_for_the_catalogue_is_refused():
+    with pytest.raises(ValueError, match='cannot cover 5000 items'):
+        synthetic_sessions(5000, 1000)
+    test = synthetic_sessions(5000, 1000, cover_all=False, first_session=10)
+    assert test.SessionId.min() == 10 and test.ItemId.max() < 5000
