@@ -446,8 +446,9 @@ def _register_numba():
 
 def _jax_funcify_sparse_row_update(op, node=None, **kwargs):
     """Vectorised over occurrences. Repeated rows: 'set' states keep the last occurrence (chosen with a
-    deterministic scatter-max of positions), sums go through scatter-add (deterministic on the CPU; on the
-    GPU with XLA_FLAGS=--xla_gpu_deterministic_ops=true, which custom_opt sets)."""
+    deterministic scatter-max of positions); sums go through scatter-add, which is deterministic on the CPU
+    but may add repeated rows in any order on a GPU unless XLA is told to use deterministic ops (not set
+    by this project yet, and not checked on a GPU: no device was available when this was written)."""
     import jax.numpy as jnp
     spec = op.spec
     f = np.float32
