@@ -299,12 +299,7 @@ def main(argv=None):
 
 
 def _main(argv):
-    p = build_parser()
-
-    def fail(message):  # argparse errors follow run.py's 'ERROR.' convention
-        raise InputError(message[0].upper() + message[1:])
-    p.error = fail
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)   # usage errors raise InputError (run._Parser)
     if args.ntrials < 1:
         raise InputError('-nt/--ntrials must be at least 1')
     if args.measure < 1 or any(c < 1 for c in args.final_measure):

@@ -136,20 +136,19 @@ def build_parser():
 
 
 class _Parser(argparse.ArgumentParser):
-    """Accepts --some-flag for every --some_flag (the original's underscore style stays primary)."""
+    """Accepts --some-flag for every --some_flag (the original's underscore style stays primary); usage
+    errors follow the 'ERROR.' convention too (an InputError instead of argparse's own exit)."""
 
     def add_argument(self, *names, **kw):
         aliases = [n.replace('_', '-') for n in names if n.startswith('--') and '_' in n]
         return super().add_argument(*names, *[a for a in aliases if a not in names], **kw)
 
+    def error(self, message):
+        raise InputError(message[0].upper() + message[1:])
+
 
 def parse_args(argv):
-    parser = build_parser()
-
-    def fail(message):  # argparse errors follow the 'ERROR.' convention too
-        raise InputError(message[0].upper() + message[1:])
-    parser.error = fail
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if sum(map(bool, (args.parameter_string, args.parameter_file, args.load_model))) != 1:
         raise InputError('Exactly one of the following parameters must be provided: '
                          '--parameter_string, --parameter_file, --load_model')
