@@ -68,10 +68,7 @@ def compile_mode(backend, fused=None):
 
 @node_rewriter([gpu_ops.SparseRowUpdateGraph])
 def fuse_sparse_row_update(fgraph, node):
-    op = node.op
-    fused = gpu_ops.SparseRowUpdate(**{k: getattr(op, k) for k in gpu_ops.RowUpdateSpec._fields})
-    out = fused(*node.inputs)
-    return out if isinstance(out, (list, tuple)) else [out]
+    return gpu_ops.SparseRowUpdate(*node.op.spec)(*node.inputs, return_list=True)
 
 
 @node_rewriter([gpu_ops.SparseRowUpdateGraph])
@@ -87,9 +84,7 @@ def inplace_sparse_row_update(fgraph, node):
         return False
     if any(fgraph.has_destroyers([x]) for x in node.inputs[:op.n_out]):
         return False
-    props = {k: getattr(op, k) for k in gpu_ops.RowUpdateSpec._fields}
-    out = gpu_ops.SparseRowUpdate(**props, inplace=True)(*node.inputs)
-    return out if isinstance(out, (list, tuple)) else [out]
+    return gpu_ops.SparseRowUpdate(*op.spec, inplace=True)(*node.inputs, return_list=True)
 
 
 # Names carry the module's import name: a checkout can end up with this module imported twice (as

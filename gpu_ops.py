@@ -46,8 +46,7 @@ def sparse_row_update(spec, p, states, idx, g):
         raise ValueError(f'unknown adapt {spec.adapt!r}')
     if len(states) != n_inputs_states(spec):
         raise ValueError(f'{spec.adapt} with momentum={spec.mu} takes {n_inputs_states(spec)} state(s), got {len(states)}')
-    out = SparseRowUpdateGraph(**spec._asdict())(p, *states, idx, g)
-    return out if isinstance(out, (list, tuple)) else [out]
+    return SparseRowUpdateGraph(**spec._asdict())(p, *states, idx, g, return_list=True)
 
 
 # --- the plain-PyTensor definition -----------------------------------------------------------------
@@ -109,19 +108,26 @@ def plain_row_update(spec, p, states, idx, g):
     return [pt.inc_subtensor(p[idx], -delta)] + new_states
 
 
-class SparseRowUpdateGraph(SymbolicOp):
+class _SpecProps:
+    """The RowUpdateSpec of an Op whose props start with its fields."""
+
+    @property
+    def spec(self):
+        return RowUpdateSpec(*(getattr(self, k) for k in RowUpdateSpec._fields))
+
+
+class SparseRowUpdateGraph(_SpecProps, SymbolicOp):
     """(p, *states, idx, g) -> (new p, *new states) as a plain graph; custom_opt swaps in SparseRowUpdate."""
     __props__ = RowUpdateSpec._fields
 
     def build_inner_graph(self, p, *rest):
         *states, idx, g = rest
-        spec = RowUpdateSpec(*(getattr(self, k) for k in RowUpdateSpec._fields))
-        return plain_row_update(spec, p, list(states), idx, g)
+        return plain_row_update(self.spec, p, list(states), idx, g)
 
 
 # --- the fused Op ----------------------------------------------------------------------------------
 
-class SparseRowUpdate(Op):
+class SparseRowUpdate(_SpecProps, Op):
     """Fused SparseRowUpdateGraph. inplace=True overwrites p and the states (set by custom_opt)."""
     __props__ = RowUpdateSpec._fields + ('inplace',)
 
@@ -131,10 +137,6 @@ class SparseRowUpdate(Op):
         self.n_out = 1 + n_inputs_states(self.spec)
         if inplace:
             self.destroy_map = {i: [i] for i in range(self.n_out)}
-
-    @property
-    def spec(self):
-        return RowUpdateSpec(self.adapt, self.lr, self.mu, self.lmbd, self.eps, self.rho, self.b1)
 
     def make_node(self, p, *rest):
         *states, idx, g = rest

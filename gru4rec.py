@@ -593,7 +593,8 @@ class GRU4Rec:
         a = self.adapt_params_
         rho = a[1] if self.adapt in ('adam', 'adam_legacy') else (a[0] if self.adapt in ('rmsprop', 'adadelta') else 0.0)
         b1 = a[0] if self.adapt in ('adam', 'adam_legacy') else 0.0
-        spec = gpu_ops.RowUpdateSpec(None if self.adapt == 'sgd' else self.adapt, float(lr), float(mu), float(lmbd), float(EPS), float(rho), float(b1))
+        spec = gpu_ops.RowUpdateSpec(None if self.adapt == 'sgd' else self.adapt, float(lr), float(mu), float(lmbd),
+                                     float(EPS), float(rho), float(b1))
         for (p, idx, rows), g in zip(sparse, grads[len(dense):]):
             states = [_state_like(p) for _ in range(gpu_ops.n_inputs_states(spec))]
             for var, new in zip([p] + states, gpu_ops.sparse_row_update(spec, p, states, idx, g)):
