@@ -29,6 +29,19 @@ CONFIGS = {
 }
 
 
+def use_fused(choice, backend):
+    """--fused yes|no overrides whether gpu_ops' fused sparse update is used on `backend`; default keeps it."""
+    if choice != 'default':
+        import custom_opt
+        custom_opt.FUSE_BY_DEFAULT[backend] = choice == 'yes'
+
+
+def machine_line(**settings):
+    return (f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python '
+            f'{platform.python_version()}, threads={os.environ["OPENBLAS_NUM_THREADS"]}, '
+            + ', '.join(f'{k}={v}' for k, v in settings.items()))
+
+
 def calibration(n_items, layers, k):
     """Median microseconds of the two kinds of work a step is made of, measured with plain numpy: a row
     gather from an item matrix (memory-bound) and the score GEMM. On a shared VM these vary over time."""
@@ -59,13 +72,10 @@ def main():
     p.add_argument('--fused', choices=['default', 'yes', 'no'], default='default',
                    help="use gpu_ops' fused sparse-update Op (yes), the plain graph (no), or the backend's default")
     args = p.parse_args()
-    if args.fused != 'default':
-        import custom_opt
-        custom_opt.FUSE_BY_DEFAULT[args.backend] = args.fused == 'yes'
+    use_fused(args.fused, args.backend)
     data = pd.read_csv(args.path, sep='\t', nrows=args.events)
     print(f'data: {args.path}: {len(data)} events, {data.ItemId.nunique()} items, {data.SessionId.nunique()} sessions')
-    print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, '
-          f'threads={os.environ["OPENBLAS_NUM_THREADS"]}, backend={args.backend}, fused={args.fused}')
+    print(machine_line(backend=args.backend, fused=args.fused))
     gather_us, gemm_us = calibration(data.ItemId.nunique(), args.layers, args.batch_size + args.n_sample)
     print(f'calibration: gather of {args.batch_size + args.n_sample} rows {gather_us:.0f} us, '
           f'score GEMM {gemm_us:.0f} us (numpy)')

@@ -14,21 +14,15 @@ backend does not train yet); evaluation on every backend listed whose package is
 """
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 
-for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'NUMBA_NUM_THREADS'):
-    os.environ.setdefault(var, '1')
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_cpu import CONFIGS, machine_line, use_fused  # noqa: E402  (sets one BLAS/Numba thread, the repo path)
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-
-from bench_cpu import CONFIGS  # noqa: E402
 
 
 def synthetic_sessions(n_items, n_events, zipf=1.0, mean_length=4.5, seed=0, cover_all=True, first_session=0):
@@ -67,8 +61,7 @@ def main():
     import custom_opt
     from gru4rec import GRU4Rec
     import evaluation
-    if args.fused != 'default':
-        custom_opt.FUSE_BY_DEFAULT['numba'] = args.fused == 'yes'
+    use_fused(args.fused, 'numba')
     backends = []
     for b in args.eval_backends:
         try:
@@ -76,9 +69,8 @@ def main():
             backends.append(b)
         except ValueError as e:
             print(f'skipping evaluation on {b}: {e}')
-    print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, '
-          f'threads={os.environ["OPENBLAS_NUM_THREADS"]}, loss={args.loss}, batch {args.batch_size}, '
-          f'n_sample {args.n_sample}, layers {args.layers}, fused={args.fused}')
+    print(machine_line(loss=args.loss, batch=args.batch_size, n_sample=args.n_sample, layers=args.layers,
+                       fused=args.fused))
     rows = []
     for n_items in args.items:
         t0 = time.time()
