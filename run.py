@@ -393,9 +393,10 @@ def _run(args, own, mod, evaluation):
                   f'No model was saved and no evaluation was run{kept}. Try a lower learning_rate or a grad_cap.',
                   file=sys.stderr)
             return EXIT_TRAINING_FAILED
-        record['training'] = {'seconds': time.time() - t0, 'epochs': [
+        seconds = time.time() - t0
+        record['training'] = {'seconds': seconds, 'epochs': [
             dict(e, mb_per_s=e['steps'] / e['seconds'], events_per_s=e['events'] / e['seconds']) for e in gru.epoch_stats_]}
-        print(f'Total training time: {time.time() - t0:.2f}s')
+        print(f'Total training time: {seconds:.2f}s')
         del data
         if args.save_model is not None:
             print(f'Saving trained model to: {args.save_model}')
@@ -418,8 +419,9 @@ def _run(args, own, mod, evaluation):
         recall, mrr, details = evaluation.evaluate_gpu(gru, test, items=items, session_key=keys[0], item_key=keys[1],
                                                        time_key=keys[2], cut_off=args.measure, batch_size=512,
                                                        mode=args.eval_type, return_details=True)
-        print(f'Evaluation took {time.time() - t0:.2f}s')
-        record['evaluation'].append(dict(details, test_file=test_file, mode=args.eval_type, seconds=time.time() - t0,
+        seconds = time.time() - t0
+        print(f'Evaluation took {seconds:.2f}s')
+        record['evaluation'].append(dict(details, test_file=test_file, mode=args.eval_type, seconds=seconds,
                                          cut_offs=list(args.measure), recall=dict(zip(map(str, args.measure), recall)),
                                          mrr=dict(zip(map(str, args.measure), mrr))))
         for c, r, m in zip(args.measure, recall, mrr):
