@@ -32,13 +32,16 @@ def load_clicks(path):
     return data[['SessionId', 'ItemId', 'Time']]
 
 
+def sessions_of_length(data, min_length=2):
+    """The events of the sessions with at least min_length events."""
+    lengths = data.groupby('SessionId').size()
+    return data[data.SessionId.isin(lengths[lengths >= min_length].index)]
+
+
 def filter_supports(data, min_item_support=5):
-    lengths = data.groupby('SessionId').size()
-    data = data[data.SessionId.isin(lengths[lengths > 1].index)]
+    data = sessions_of_length(data)
     supports = data.groupby('ItemId').size()
-    data = data[data.ItemId.isin(supports[supports >= min_item_support].index)]
-    lengths = data.groupby('SessionId').size()
-    return data[data.SessionId.isin(lengths[lengths >= 2].index)]
+    return sessions_of_length(data[data.ItemId.isin(supports[supports >= min_item_support].index)])
 
 
 def split_last_day(data):
@@ -47,9 +50,7 @@ def split_last_day(data):
     cut = data.Time.max() - DAY
     train = data[data.SessionId.isin(session_end[session_end < cut].index)]
     test = data[data.SessionId.isin(session_end[session_end >= cut].index)]
-    test = test[test.ItemId.isin(train.ItemId.unique())]
-    lengths = test.groupby('SessionId').size()
-    return train, test[test.SessionId.isin(lengths[lengths >= 2].index)]
+    return train, sessions_of_length(test[test.ItemId.isin(train.ItemId.unique())])
 
 
 def report(name, data):
@@ -64,11 +65,10 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     data = filter_supports(load_clicks(args.clicks))
     train, test = split_last_day(data)
-    for name, frame, fname in (('Full train set', train, 'rsc15_train_full.txt'), ('Test set', test, 'rsc15_test.txt')):
-        report(name, frame)
-        frame.to_csv(os.path.join(args.out_dir, fname), sep='\t', index=False)
     train_tr, valid = split_last_day(train)
-    for name, frame, fname in (('Train set', train_tr, 'rsc15_train_tr.txt'), ('Validation set', valid, 'rsc15_train_valid.txt')):
+    for name, frame, fname in (('Full train set', train, 'rsc15_train_full.txt'), ('Test set', test, 'rsc15_test.txt'),
+                               ('Train set', train_tr, 'rsc15_train_tr.txt'),
+                               ('Validation set', valid, 'rsc15_train_valid.txt')):
         report(name, frame)
         frame.to_csv(os.path.join(args.out_dir, fname), sep='\t', index=False)
 
