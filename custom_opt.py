@@ -22,6 +22,7 @@ Rewrites (registered in PyTensor's optdb when this module is imported; tag ``gru
 """
 from pytensor.compile import optdb
 from pytensor.graph.rewriting.basic import WalkingGraphRewriter, dfs_rewriter, node_rewriter
+from pytensor.tensor.math import Sum
 
 try:  # package import (installed) or top-level import (checkout)
     from . import gpu_ops
@@ -30,7 +31,7 @@ except ImportError:
 
 BACKENDS = ('numba', 'jax', 'python')
 DEFAULT_BACKEND = 'numba'
-FUSED_TAG, PLAIN_TAG = 'gru4rec_fused', 'gru4rec_plain'
+FUSED_TAG, PLAIN_TAG, JAX_TAG = 'gru4rec_fused', 'gru4rec_plain', 'gru4rec_jax'
 
 
 def check_backend(backend):
@@ -52,6 +53,11 @@ def check_backend(backend):
 # default there until a quiet benchmark shows a clear win; see README "Backends and custom Ops".
 FUSE_BY_DEFAULT = {'numba': False, 'jax': True, 'python': False}
 
+# Minibatches per compiled training call (GRU4Rec.fit's chunk). JAX needs static shapes, so it trains in
+# fixed-width chunks; a GPU also needs them to amortise its ~0.6 ms per-call overhead. On Numba a scan over
+# K steps measured no faster than one call per step, which keeps the original's shrinking minibatches.
+CHUNK_BY_DEFAULT = {'numba': 0, 'jax': 100, 'python': 0}
+
 
 def compile_mode(backend, fused=None):
     """The PyTensor Mode for a backend name (see check_backend). fused: True puts gpu_ops' fused Ops in
@@ -63,6 +69,8 @@ def compile_mode(backend, fused=None):
         fused = FUSE_BY_DEFAULT[backend]
     if not fused or backend == 'python':
         mode = mode.excluding(FUSED_TAG).including(PLAIN_TAG)
+    if backend == 'jax':
+        mode = mode.including(JAX_TAG)
     return mode
 
 
@@ -87,6 +95,16 @@ def inplace_sparse_row_update(fgraph, node):
     return gpu_ops.SparseRowUpdate(*op.spec, inplace=True)(*node.inputs, return_list=True)
 
 
+@node_rewriter([Sum])
+def float32_sum(fgraph, node):
+    # PyTensor's JAX backend returns a float32 Sum that accumulates in float64 as float64, which then leaks
+    # into the shared variables (and breaks a scan's carried types); XLA reduces float32 in float32 anyway.
+    op, out = node.op, node.outputs[0]
+    if out.dtype == 'float32' and op.acc_dtype != 'float32':
+        return [Sum(axis=op.axis, dtype='float32', acc_dtype='float32')(node.inputs[0])]
+    return False
+
+
 # Names carry the module's import name: a checkout can end up with this module imported twice (as
 # custom_opt and as <package>.custom_opt, e.g. under pytest), each copy with its own Op classes.
 _prefix = __name__.replace('.', '_') + '_'
@@ -96,3 +114,4 @@ optdb.register(_prefix + 'inline_sparse_row_update', dfs_rewriter(inline_sparse_
 optdb.register(_prefix + 'inplace_sparse_row_update',
                WalkingGraphRewriter(inplace_sparse_row_update, failure_callback=WalkingGraphRewriter.warn_inplace),
                'fast_run', 'inplace', FUSED_TAG, position=70.7)
+optdb.register(_prefix + 'float32_sum', dfs_rewriter(float32_sum), JAX_TAG, position=49.5)

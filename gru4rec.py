@@ -32,6 +32,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings('ignore', message='.*could not link to a BLAS.*')
     import pytensor
     import pytensor.tensor as pt
+    from pytensor.graph.replace import clone_replace
 
 try:  # package import (installed) or top-level import (checkout)
     from . import custom_opt, gpu_ops
@@ -231,35 +232,56 @@ def _diag(yhat):
     return yhat[m, m]
 
 
-def _softmax_neg(yhat):
-    """Softmax over the negatives of each row (weight 0 on the diagonal). The original zeroes the diagonal
-    and lets it take part in the max shift; the shift cancels, so masking it with -inf gives the same values."""
+def _softmax_neg(yhat, col_mask=None):
+    """Softmax over the negatives of each row (weight 0 on the diagonal and on masked columns). The original
+    zeroes the diagonal and lets it take part in the max shift; the shift cancels, so masking it with -inf
+    gives the same values."""
     m = pt.arange(yhat.shape[0])
+    if col_mask is not None:
+        yhat = pt.switch(col_mask[None, :] > 0, yhat, -np.inf)
     return _softmax(pt.set_subtensor(yhat[m, m], -np.inf))
 
 
-def loss_sum(loss, yhat, smoothing=0.0, bpreg=1.0):
-    """Sum over the M rows of the loss of an activated M x K score matrix (column i is row i's positive)."""
+def _fsum(x, axis=None):
+    """Sum in float32: PyTensor's JAX backend returns float64 for a float32 sum it accumulates in float64."""
+    return pt.sum(x, axis=axis, acc_dtype=FLOAT)
+
+
+def loss_sum(loss, yhat, smoothing=0.0, bpreg=1.0, row_mask=None, col_mask=None):
+    """Sum over the M rows of the loss of an activated M x K score matrix (column i is row i's positive).
+
+    row_mask (M,) and col_mask (K,), 0/1 floats, are for fixed-width minibatches with inactive slots: a
+    masked row adds no loss and a masked column is no negative, so the sum equals the loss of the active
+    rows and columns alone. (Softmax activations must already have excluded masked columns.)"""
     d = _diag(yhat)
-    k = yhat.shape[1].astype(FLOAT)
+    if col_mask is None:
+        k = yhat.shape[1].astype(FLOAT)
+        cols = lambda x: x                                               # noqa: E731
+    else:
+        k = col_mask.sum(acc_dtype=FLOAT)
+        cols = lambda x: pt.switch(col_mask[None, :] > 0, x, np.float32(0))  # noqa: E731
+    rows = (lambda x: x) if row_mask is None else (lambda x: x * row_mask)  # noqa: E731
     if loss in ('cross-entropy', 'xe_logit'):
         nll = (-pt.log(yhat + LOG_EPS)) if loss == 'cross-entropy' else yhat
         pos = (-pt.log(d + LOG_EPS)) if loss == 'cross-entropy' else d
         if smoothing:
             s = np.float32(smoothing)
-            return pt.sum((1 - s * k / (k - 1)) * pos + (s / (k - 1)) * nll.sum(axis=1))
-        return pt.sum(pos)
+            return _fsum(rows((1 - s * k / (k - 1)) * pos + (s / (k - 1)) * cols(nll).sum(axis=1, acc_dtype=FLOAT)))
+        return _fsum(rows(pos))
     if loss == 'bpr':
-        return pt.sum(-pt.log(pt.sigmoid(d[:, None] - yhat)))
+        return _fsum(rows(cols(-pt.log(pt.sigmoid(d[:, None] - yhat))).sum(axis=1, acc_dtype=FLOAT)))
     if loss == 'bpr-max':
-        s = _softmax_neg(yhat)
-        return pt.sum(-pt.log((pt.sigmoid(d[:, None] - yhat) * s).sum(axis=1) + LOG_EPS)
-                      + np.float32(bpreg) * (yhat ** 2 * s).sum(axis=1))
+        s = _softmax_neg(yhat, col_mask)
+        return _fsum(rows(-pt.log((pt.sigmoid(d[:, None] - yhat) * s).sum(axis=1, acc_dtype=FLOAT) + LOG_EPS)
+                           + np.float32(bpreg) * (yhat ** 2 * s).sum(axis=1, acc_dtype=FLOAT)))
     if loss == 'top1':
-        return pt.sum(pt.mean(pt.sigmoid(yhat - d[:, None]) + pt.sigmoid(yhat ** 2), axis=1) - pt.sigmoid(d ** 2) / k)
+        if col_mask is None:
+            return _fsum(_fsum(pt.sigmoid(yhat - d[:, None]) + pt.sigmoid(yhat ** 2), axis=1) / k - pt.sigmoid(d ** 2) / k)
+        terms = cols(pt.sigmoid(yhat - d[:, None]) + pt.sigmoid(yhat ** 2)).sum(axis=1, acc_dtype=FLOAT) / k
+        return _fsum(rows(terms - pt.sigmoid(d ** 2) / k))
     if loss == 'top1-max':
-        s = _softmax_neg(yhat)
-        return pt.sum(s * (pt.sigmoid(yhat - d[:, None]) + pt.sigmoid(yhat ** 2)))
+        s = _softmax_neg(yhat, col_mask)
+        return _fsum(rows((s * (pt.sigmoid(yhat - d[:, None]) + pt.sigmoid(yhat ** 2))).sum(axis=1, acc_dtype=FLOAT)))
     raise GRU4RecError(f'Invalid value for parameter loss: {loss!r}')
 
 
@@ -491,9 +513,9 @@ class GRU4Rec:
         return w
 
     def _set_weights(self, arrays):
-        # By is N x 1; its static shape lets By[Y].T broadcast over the rows of the score matrix.
-        self.weights = OrderedDict((k, pytensor.shared(np.asarray(v, dtype=FLOAT), name=k,
-                                                       shape=(None, 1) if k == 'By' else None))
+        # Static shapes except the first axis (item-indexed weights get a padding row in chunked training):
+        # By[Y].T broadcasts over the score rows, and JAX sees fixed shapes inside a scan.
+        self.weights = OrderedDict((k, pytensor.shared(np.asarray(v, dtype=FLOAT), name=k, shape=(None,) + np.shape(v)[1:]))
                                    for k, v in arrays.items())
 
     def get_weights(self):
@@ -529,14 +551,22 @@ class GRU4Rec:
     def _final_act(self):
         return parse_activation(self.final_act, final=True)
 
-    def _train_graph(self, noise):
+    def _train_graph(self, noise, width=None):
         """Symbolic training step. Returns (inputs, cost, new_states, dense_params, sparse) where sparse is a
-        list of (shared weight, index vector, gathered rows) whose gradient is taken w.r.t. the rows."""
+        list of (shared weight, index vector, gathered rows) whose gradient is taken w.r.t. the rows.
+
+        width: None for a step of M active slots, or the static width B of a fixed-width step (see
+        _epoch_chunked) with one more input A, 1.0 for active slots; inactive slots point at the padding
+        item row and neither add loss nor act as negatives. (Static shapes: JAX needs them.)"""
         w = self.weights
-        X, Y = pt.ivector('X'), pt.ivector('Y')          # X: M inputs; Y: M targets + n_sample negatives
-        R = pt.fvector('R')                               # 1.0 where the target ends its session
-        H = [pt.fmatrix(f'H{i}') for i in range(len(self.layers))]
-        M = X.shape[0]
+        masked = width is not None
+        ivec, fvec = (lambda n, k=0: pt.tensor(n, dtype='int32', shape=(None if width is None else width + k,))), \
+            (lambda n: pt.tensor(n, dtype=FLOAT, shape=(width,)))
+        X, Y = ivec('X'), ivec('Y', self.n_sample)        # X: M inputs; Y: M targets + n_sample negatives
+        R = fvec('R')                                     # 1.0 where the target ends its session
+        A = fvec('A') if masked else None                 # 1.0 for active slots (fixed-width steps only)
+        H = [pt.tensor(f'H{i}', dtype=FLOAT, shape=(width, u)) for i, u in enumerate(self.layers)]
+        M = X.shape[0] if width is None else width
         dense = [w[f'{n}{i}'] for i in range(len(self.layers)) for n in ('Wx', 'Wh', 'Wrz', 'Bh')]
         sparse, onehot_rows, emb = [], None, None
         if self.embedding_mode == 'shared':
@@ -562,10 +592,15 @@ class GRU4Rec:
             # log q: raw support of the in-batch targets, support ** sample_alpha of the sampled negatives
             logq = pt.concatenate([self._logP0[Y[:M]], np.float32(self.sample_alpha) * self._logP0[Y[M:]]])
             scores = scores - np.float32(self.logq) * logq
+        col_mask = None
+        if masked:
+            col_mask = pt.concatenate([A, np.ones(self.n_sample, dtype=FLOAT)])
+            if self.final_act in ('softmax', 'softmax_logit'):   # masked columns out of the normaliser
+                scores = pt.switch(col_mask[None, :] > 0, scores, np.float32(-1e30))
         yhat = self._final_act(scores)
-        cost = loss_sum(self.loss, yhat, self.smoothing, self.bpreg) / np.float32(self.batch_size)
+        cost = loss_sum(self.loss, yhat, self.smoothing, self.bpreg, A, col_mask) / np.float32(self.batch_size)
         reset_H = [h * (1 - R)[:, None] for h in new_H]
-        return [X, Y, R] + noise.inputs + H, cost, reset_H, dense, sparse
+        return [X, Y, R] + ([A] if masked else []) + noise.inputs + H, cost, reset_H, dense, sparse
 
     # --- optimisers ------------------------------------------------------------------------
     def _updates(self, cost, dense, sparse):
@@ -595,8 +630,10 @@ class GRU4Rec:
         b1 = a[0] if self.adapt in ('adam', 'adam_legacy') else 0.0
         spec = gpu_ops.RowUpdateSpec(None if self.adapt == 'sgd' else self.adapt, float(lr), float(mu), float(lmbd),
                                      float(EPS), float(rho), float(b1))
+        self._item_vars = [p for p, _, _ in sparse]     # item-indexed: padded in chunked training
         for (p, idx, rows), g in zip(sparse, grads[len(dense):]):
             states = [_state_like(p) for _ in range(gpu_ops.n_inputs_states(spec))]
+            self._item_vars += states
             for var, new in zip([p] + states, gpu_ops.sparse_row_update(spec, p, states, idx, g)):
                 updates[var] = new
         return updates
@@ -632,7 +669,7 @@ class GRU4Rec:
 
     # --- training ----------------------------------------------------------------------------
     def fit(self, data, sample_store=10000000, store_type='gpu', checkpoint_dir=None, resume=False,
-            epoch_callback=None):
+            epoch_callback=None, chunk=None):
         """Train on a DataFrame with session, item and time columns (the frame is not modified).
 
         checkpoint_dir: if given, the full training state (weights, optimiser states, random streams, sample
@@ -646,12 +683,18 @@ class GRU4Rec:
 
         epoch_callback: called as epoch_callback(model, stats) after every finished epoch (after its
         checkpoint), with stats the epoch's entry of epoch_stats_; the model can predict and be evaluated
-        there. If it returns True, training ends after that epoch (early stopping, pruning)."""
-        if self.backend == 'jax':
-            # JAX needs static shapes: fixed-width minibatches with masked slots, run K at a time in a scan.
-            # Until that lands, train on Numba; a trained model evaluates and predicts on JAX.
-            raise GRU4RecError("Training on the JAX backend is not implemented yet: train with backend='numba' "
-                               "(CPU), save, and load the model with backend='jax' to evaluate or predict")
+        there. If it returns True, training ends after that epoch (early stopping, pruning).
+
+        chunk: minibatches per compiled call. 0 runs one call per minibatch, with the batch shrinking as
+        sessions run out (as the original). K > 0 prepares K minibatches on the host and runs them in one
+        scan, at a fixed width with masked inactive slots (same losses up to float rounding). None: the
+        backend's default, custom_opt.CHUNK_BY_DEFAULT (JAX needs the fixed shapes; on Numba the per-call loop is as
+        fast)."""
+        chunk = custom_opt.CHUNK_BY_DEFAULT[self.backend] if chunk is None else _to_int_arg(chunk, 'chunk')
+        if chunk < 0:
+            raise GRU4RecError(f'chunk must be >= 0 (got {chunk})')
+        if chunk == 0 and self.backend == 'jax':
+            raise GRU4RecError('The JAX backend trains in chunks only (static shapes): use chunk > 0')
         if store_type not in ('gpu', 'cpu'):
             raise GRU4RecError(f'Invalid store type {store_type} (use gpu or cpu)')
         if resume and not checkpoint_dir:
@@ -681,7 +724,8 @@ class GRU4Rec:
         sampler = NegativeSampler(self.item_support, self.sample_alpha, self.n_sample, sample_store,
                                   np.random.default_rng([self.seed, 1]),
                                   'GPU' if store_type == 'gpu' else 'CPU') if self.n_sample > 0 else None
-        train_fn, noise_widths = self._compile_train()
+        width = min(self.batch_size, len(offsets) - 1)
+        train_fn, noise_widths = self._compile_train_chunked(width) if chunk else self._compile_train()
         noise_rng = np.random.default_rng([self.seed, 2])
         base_order = np.argsort(times[offsets[:-1]]) if self.time_sort else np.arange(len(offsets) - 1)
         streams = TrainingStreams(rng, sampler, noise_rng)
@@ -690,22 +734,21 @@ class GRU4Rec:
         for epoch in range(first_epoch, self.n_epochs):
             t0 = time.time()
             order = rng.permutation(len(offsets) - 1) if self.train_random_order else base_order
-            H = [np.zeros((min(self.batch_size, len(order)), u), dtype=FLOAT) for u in self.layers]
-            sum_cost, n_events, n_steps = 0.0, 0, 0
-            batches = session_parallel_batches(items, offsets, order, self.batch_size,
-                                               min_active=2 if self.n_sample == 0 else 1)
-            for inp, out, reset, keep in progress(batches, len(items) - len(order), f'Epoch{epoch + 1}'):
-                if keep is not None:
-                    H = [h[keep] for h in H]
-                y = out if sampler is None else np.concatenate([out, sampler.next()])
-                noise = [noise_rng.random((len(inp), w), dtype=np.float32) for w in noise_widths]
-                cost, *H = train_fn(inp, y, reset.astype(FLOAT), *noise, *H)
-                m = len(inp)
-                sum_cost += float(cost) * m
-                n_events += m
-                n_steps += 1
-                if not math.isfinite(float(cost)):
-                    return self._diverged(epoch, n_steps)
+            batches = progress(session_parallel_batches(items, offsets, order, self.batch_size,
+                                                        min_active=2 if self.n_sample == 0 else 1),
+                               len(items) - len(order), f'Epoch{epoch + 1}')
+            if chunk:
+                self._pad_items(True)
+                try:
+                    sum_cost, n_events, n_steps, bad = self._epoch_chunked(train_fn, batches, chunk, width, sampler,
+                                                                           noise_rng, noise_widths)
+                finally:
+                    self._pad_items(False)
+            else:
+                sum_cost, n_events, n_steps, bad = self._epoch_steps(train_fn, batches, width, sampler,
+                                                                     noise_rng, noise_widths)
+            if bad:
+                return self._diverged(epoch, bad)
             secs = time.time() - t0
             avg = sum_cost / max(n_events, 1)
             if math.isnan(avg):
@@ -718,6 +761,65 @@ class GRU4Rec:
             if epoch_callback is not None and epoch_callback(self, self.epoch_stats_[-1]):
                 break
         return self
+
+    def _epoch_steps(self, fn, batches, width, sampler, noise_rng, noise_widths):
+        """One epoch, one compiled call per minibatch. Returns (sum of cost * M, events, steps, step of
+        the first non-finite cost or None)."""
+        H = [np.zeros((width, u), dtype=FLOAT) for u in self.layers]
+        sum_cost, n_events, n_steps = 0.0, 0, 0
+        for inp, out, reset, keep in batches:
+            if keep is not None:
+                H = [h[keep] for h in H]
+            y = out if sampler is None else np.concatenate([out, sampler.next()])
+            noise = [noise_rng.random((len(inp), w), dtype=np.float32) for w in noise_widths]
+            cost, *H = fn(inp, y, reset.astype(FLOAT), *noise, *H)
+            sum_cost += float(cost) * len(inp)
+            n_events += len(inp)
+            n_steps += 1
+            if not math.isfinite(float(cost)):
+                return sum_cost, n_events, n_steps, n_steps
+        return sum_cost, n_events, n_steps, None
+
+    def _epoch_chunked(self, fn, batches, chunk, width, sampler, noise_rng, noise_widths):
+        """One epoch, `chunk` minibatches per compiled call (see _compile_train_chunked). The shrinking
+        minibatches become fixed-width ones: slot s stays row s, and the rows of finished slots point at
+        the padding item (index n_items) with A = 0. Returns what _epoch_steps returns."""
+        H = [np.zeros((width, u), dtype=FLOAT) for u in self.layers]
+        active = np.arange(width)                      # row of each active slot, in slot order
+        sum_cost, n_events, n_steps = 0.0, 0, 0
+        steps, sizes = [], []
+
+        def run():
+            nonlocal H, sum_cost, n_events, n_steps
+            costs, *H = fn(len(steps))(*(np.stack(col) for col in zip(*steps)), *H)
+            costs = np.asarray(costs, dtype=np.float64)
+            bad = np.flatnonzero(~np.isfinite(costs))
+            sum_cost += float(costs @ np.asarray(sizes, dtype=np.float64))
+            n_events += sum(sizes)
+            first_bad = n_steps + int(bad[0]) + 1 if len(bad) else None
+            n_steps += len(costs)
+            steps.clear(), sizes.clear()
+            return first_bad
+
+        for inp, out, reset, keep in batches:
+            if keep is not None:
+                active = active[keep]
+            x = np.full(width, self.n_items, dtype=np.int32)
+            t, r, a = x.copy(), np.ones(width, dtype=FLOAT), np.zeros(width, dtype=FLOAT)
+            x[active], t[active], r[active], a[active] = inp, out, reset, 1
+            y = t if sampler is None else np.concatenate([t, sampler.next()])
+            noise = []
+            for w in noise_widths:
+                u = np.zeros((width, w), dtype=FLOAT)
+                u[active] = noise_rng.random((len(inp), w), dtype=np.float32)
+                noise.append(u)
+            steps.append((x, y, r, a, *noise))
+            sizes.append(len(inp))
+            if len(steps) == chunk and (bad := run()):
+                return sum_cost, n_events, n_steps, bad
+        if steps and (bad := run()):
+            return sum_cost, n_events, n_steps, bad
+        return sum_cost, n_events, n_steps, None
 
     # --- checkpoints ---------------------------------------------------------------------------
     def _save_checkpoint(self, fname, epochs_done, fingerprint, streams):
@@ -801,6 +903,48 @@ class GRU4Rec:
         weights = set(self.weights.values())
         self._opt_states = [v for v in updates if v not in weights]   # Adagrad accumulators, velocities, ...
         return fn, noise.widths
+
+    def _compile_train_chunked(self, width):
+        """Training K minibatches per call: a scan over fixed-width masked steps (_train_graph with a width).
+        Returns (compiled, noise widths); compiled(K) is the function for K steps, with inputs the per-step
+        sequences X (K x B), Y (K x B+n_sample), R, A (K x B), noise (K x B x width) and the initial states
+        H (B x L_i), and outputs the K costs and the final states. Numba compiles one function for any K;
+        JAX (static shapes) one per K: the full chunk and the shorter last chunk of an epoch."""
+        noise = NoiseInputs(width)
+        inputs, cost, new_H, dense, sparse = self._train_graph(noise, width)
+        updates = self._updates(cost, dense, sparse)
+        weights = set(self.weights.values())
+        self._opt_states = [v for v in updates if v not in weights]
+        n_seq = len(inputs) - len(self.layers)
+        targets = list(updates)
+
+        def step(*args):   # one slice of each sequence, the previous hidden states, the previous weights/states
+            prev = dict(zip(inputs + targets, args))
+            return clone_replace([cost] + new_H + [updates[t] for t in targets], replace=prev)
+
+        @functools.cache
+        def compiled(steps):
+            seqs = [pt.tensor(name=f'{v.name}_seq', dtype=v.dtype, shape=(steps,) + v.type.shape) for v in inputs[:n_seq]]
+            H0 = [pt.tensor(f'H{i}_init', dtype=FLOAT, shape=h.type.shape) for i, h in enumerate(inputs[n_seq:])]
+            # weights and optimiser states are carried through the scan and written back once per call
+            results = pytensor.scan(step, sequences=seqs, outputs_info=[None] + H0 + targets, return_list=True,
+                                    return_updates=False)
+            last = [r[-1] for r in results[1:]]
+            fn = pytensor.function(seqs + H0, [results[0]] + last[:len(H0)], updates=list(zip(targets, last[len(H0):])),
+                                   mode=custom_opt.compile_mode(self.backend))
+            fn.trust_input = True
+            return fn
+
+        return (lambda k: compiled(k if self.backend == 'jax' else None)), noise.widths
+
+    def _pad_items(self, pad):
+        """Add (pad=True) or remove the padding row that inactive slots of chunked training point at."""
+        for var in self._item_vars + [self._logP0]:
+            v = var.get_value(borrow=True)
+            if pad and len(v) == self.n_items:
+                var.set_value(np.concatenate([v, np.zeros((1,) + v.shape[1:], v.dtype)]))
+            elif not pad and len(v) == self.n_items + 1:
+                var.set_value(v[:self.n_items].copy())
 
     # --- prediction --------------------------------------------------------------------------
     def _require_trained(self):
@@ -1148,11 +1292,11 @@ class NoiseInputs:
     """Uniform noise for the dropout masks, as graph inputs (M x width each) that the training loop fills
     from a seeded numpy Generator: on the Numba backend this is much cheaper than an in-graph generator."""
 
-    def __init__(self):
-        self.inputs, self.widths = [], []
+    def __init__(self, rows=None):
+        self.inputs, self.widths, self.rows = [], [], rows   # rows: static M (fixed-width steps) or None
 
     def uniform(self, width):
-        self.inputs.append(pt.fmatrix(f'U{len(self.inputs)}'))
+        self.inputs.append(pt.tensor(f'U{len(self.inputs)}', dtype=FLOAT, shape=(self.rows, None)))
         self.widths.append(width)
         return self.inputs[-1]
 
@@ -1190,7 +1334,7 @@ def _dropout(x, p, u):
 
 def _state_like(p):
     """A zero optimiser-state tensor with the shape of weight p."""
-    return pytensor.shared(np.zeros_like(p.get_value()), name=f'{p.name}_state')
+    return pytensor.shared(np.zeros_like(p.get_value()), name=f'{p.name}_state', shape=p.type.shape)
 
 
 def _numeric_column(col, name, what):

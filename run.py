@@ -132,6 +132,9 @@ def build_parser():
     p.add_argument('--seed', type=int, default=None, help='random seed of weight init, sampling, dropout and shuffling (default: 42)')
     p.add_argument('-d', '--device', default=None, help='cpu or cuda[:N] (default: from the flags file, else cpu)')
     p.add_argument('--backend', choices=['numba', 'jax', 'python'], default=None, help='numba (CPU), jax (GPU or CPU), python (slow reference)')
+    p.add_argument('--chunk', metavar='K', type=int, default=None,
+                   help='minibatches per compiled training call: 0 = one call each (Numba default), K > 0 = K per '
+                        'scan call at a fixed batch width (JAX default: 100)')
     return p
 
 
@@ -386,7 +389,7 @@ def _run(args, own, mod, evaluation):
         print('Started training')
         t0 = time.time()
         gru.fit(data, sample_store=args.sample_store_size, store_type=store_type,
-                checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+                checkpoint_dir=args.checkpoint_dir, resume=args.resume, chunk=args.chunk)
         if gru.error_during_train:
             kept = ' (the checkpoint of the last finished epoch is kept)' if args.checkpoint_dir else ''
             print(f'ERROR. Training stopped: the loss became NaN in epoch {gru.error_epoch}, step {gru.error_step}. '

@@ -335,3 +335,19 @@ def test_plot(files, tmp_path):
     assert r.returncode == 0, r.stderr
     data = png.read_bytes()
     assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 10000
+
+
+def test_train_on_jax_in_chunks_gives_the_numba_metrics(files):
+    pytest.importorskip('jax')
+    out = {}
+    for backend, chunk in (('numba', 0), ('jax', 5)):
+        r = run(files['train'], '-t', files['test'], '-m', 5, 10, '-ps', TINY, '--chunk', chunk, backend=backend)
+        assert r.returncode == 0, r.stderr
+        out[backend] = np.array(re.findall(r'^Recall@\d+: (\S+) MRR@\d+: (\S+)$', r.stdout, re.M), dtype=float)
+    np.testing.assert_allclose(out['jax'], out['numba'], rtol=0, atol=1e-4)
+
+
+def test_bad_chunk_is_a_usage_error(files):
+    r = run(files['train'], '-t', files['test'], '-ps', TINY, '--chunk', -1)
+    assert r.returncode == 2 and r.stderr.startswith('ERROR.') and 'chunk must be >= 0' in r.stderr
+    assert 'Traceback' not in r.stderr

@@ -1,5 +1,5 @@
-"""The JAX backend on the CPU: a trained model evaluates and predicts as on Numba; training is refused
-with a clear message until the fixed-shape (chunked) training path exists."""
+"""The JAX backend on the CPU: a trained model evaluates and predicts as on Numba (training on JAX: see
+test_chunked.py)."""
 import numpy as np
 import pytest
 
@@ -39,9 +39,3 @@ def test_jax_prediction_equals_numba(model_file):
                            for i, j in ((0, 1), (2, 3))]
     for a, b in zip(scores['numba'], scores['jax']):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
-
-
-def test_training_on_jax_is_refused_clearly():
-    m = GRU4Rec(layers=[4], batch_size=4, n_sample=0, backend='jax')
-    with pytest.raises(GRU4RecError, match="not implemented yet: train with backend='numba'"):
-        m.fit(generated_sessions())
