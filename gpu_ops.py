@@ -60,14 +60,31 @@ def _f(x):
     return np.float32(x)
 
 
+def unique_rows(idx):
+    """(sorted distinct values of idx, position of each idx entry among them), as pt.unique(idx,
+    return_inverse=True) but from a sort and a cumulative sum, which Numba compiles (its unique with
+    return_inverse runs in object mode, several times slower than the whole training step)."""
+    order = pt.argsort(idx)
+    srt = idx[order]
+    new = pt.concatenate([pt.ones((1,), dtype='int64'), pt.neq(srt[1:], srt[:-1]).astype('int64')])
+    group = pt.cumsum(new) - 1                       # group of each sorted entry
+    inverse = pt.zeros_like(idx).astype('int64')
+    inverse = pt.set_subtensor(inverse[order], group)
+    return srt[pt.nonzero(new)[0]], inverse
+
+
+def merge_repeated(idx, g):
+    """Distinct rows of idx and the gradient rows g summed per distinct row."""
+    uniq, inv = unique_rows(idx)
+    return uniq, pt.inc_subtensor(pt.zeros((uniq.shape[0], g.shape[1]), dtype=g.dtype)[inv], g)
+
+
 def plain_row_update(spec, p, states, idx, g):
     """The step as a PyTensor graph of gathers and (inc_|set_)subtensors; see the module docstring."""
     lr, mu, lmbd, eps, rho, b1 = map(_f, (spec.lr, spec.mu, spec.lmbd, spec.eps, spec.rho, spec.b1))
     adapt, new_states = spec.adapt, []
     if adapt == 'adam':  # one step per distinct row with the summed gradient
-        uniq, inv = pt.unique(idx, return_inverse=True)
-        g = pt.inc_subtensor(pt.zeros((uniq.shape[0], g.shape[1]), dtype=FLOAT)[inv], g)
-        idx = uniq
+        idx, g = merge_repeated(idx, g)
     rows = p[idx]
     if adapt == 'adagrad':
         acc_rows = states[0][idx] + g ** 2

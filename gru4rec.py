@@ -67,7 +67,7 @@ DEFAULTS = OrderedDict([
     ('sample_alpha', 0.75), ('smoothing', 0.0), ('constrained_embedding', False), ('adapt', 'adagrad'),
     ('adapt_params', []), ('grad_cap', 0.0), ('bpreg', 1.0), ('logq', 0.0), ('sigma', 0.0),
     ('init_as_normal', False), ('train_random_order', False), ('time_sort', True),
-    ('session_key', 'SessionId'), ('item_key', 'ItemId'), ('time_key', 'Time'),
+    ('reset_after', False), ('merge_repeated', False), ('session_key', 'SessionId'), ('item_key', 'ItemId'), ('time_key', 'Time'),
     ('seed', 42), ('backend', None),
 ])
 _BOOL_TEXT = {'true': True, '1': True, 'false': False, '0': False}
@@ -374,6 +374,11 @@ class GRU4Rec:
     bpreg : score regularisation of bpr-max (1.0). logq : logQ correction strength, any loss (0.0).
     sigma : init width; 0 = sqrt(6 / (fan_in + fan_out)) per block (0.0). init_as_normal : N(0, sigma) init (False).
     train_random_order : shuffle sessions every epoch (False). time_sort : sessions by start time (True).
+    reset_after : apply the reset gate after the recurrent product, r * (h Wh), as cuDNN/PyTorch GRUs do,
+        instead of the original's (r * h) Wh (False).
+    merge_repeated : an item that occurs several times in one minibatch gets one optimiser step with its
+        summed gradient, as PyTorch's sparse-gradient optimisers do, instead of the original's step per
+        occurrence (False). Not on the JAX backend yet. See README "Fidelity" for both.
     session_key, item_key, time_key : column names ('SessionId', 'ItemId', 'Time').
     seed : seeds weight init, negative sampling, dropout and shuffling at every fit (42).
     backend : 'numba' (CPU default), 'jax' or 'python' (slow reference, fast to compile); None = 'numba'.
@@ -384,7 +389,7 @@ class GRU4Rec:
                  lmbd=0.0, embedding=0, n_sample=2048, sample_alpha=0.75, smoothing=0.0,
                  constrained_embedding=False, adapt='adagrad', adapt_params=(), grad_cap=0.0, bpreg=1.0,
                  logq=0.0, sigma=0.0, init_as_normal=False, train_random_order=False, time_sort=True,
-                 session_key='SessionId', item_key='ItemId', time_key='Time', seed=42, backend=None):
+                 reset_after=False, merge_repeated=False, session_key='SessionId', item_key='ItemId', time_key='Time', seed=42, backend=None):
         values = dict(locals())
         for name in DEFAULTS:
             setattr(self, name, _coerce(name, values[name], DEFAULTS[name]))
@@ -535,7 +540,8 @@ class GRU4Rec:
             a = (onehot_rows if i == 0 and onehot_rows is not None else pt.dot(x, w[f'Wx{i}'])) + w[f'Bh{i}']
             rz = pt.sigmoid(a[:, units:] + pt.dot(h, w[f'Wrz{i}']))
             r, z = rz[:, :units], rz[:, units:]
-            h_cand = self._hidden_act((r * h).dot(w[f'Wh{i}']) + a[:, :units])
+            rec = r * h.dot(w[f'Wh{i}']) if self.reset_after else (r * h).dot(w[f'Wh{i}'])
+            h_cand = self._hidden_act(rec + a[:, :units])
             h = (1 - z) * h + z * h_cand
             if drop_p_hidden > 0:
                 h = _dropout(h, drop_p_hidden, noise.uniform(units))
@@ -632,6 +638,8 @@ class GRU4Rec:
                                      float(EPS), float(rho), float(b1))
         self._item_vars = [p for p, _, _ in sparse]     # item-indexed: padded in chunked training
         for (p, idx, rows), g in zip(sparse, grads[len(dense):]):
+            if self.merge_repeated and self.adapt != 'adam':   # (adam's row update merges them itself)
+                idx, g = gpu_ops.merge_repeated(idx, g)
             states = [_state_like(p) for _ in range(gpu_ops.n_inputs_states(spec))]
             self._item_vars += states
             for var, new in zip([p] + states, gpu_ops.sparse_row_update(spec, p, states, idx, g)):
@@ -693,6 +701,9 @@ class GRU4Rec:
         chunk = custom_opt.CHUNK_BY_DEFAULT[self.backend] if chunk is None else _to_int_arg(chunk, 'chunk')
         if chunk < 0:
             raise GRU4RecError(f'chunk must be >= 0 (got {chunk})')
+        if self.merge_repeated and self.backend == 'jax':
+            raise GRU4RecError('merge_repeated=True is not available on the JAX backend yet (it needs a dynamic '
+                               'shape): train on numba')
         if chunk == 0 and self.backend == 'jax':
             raise GRU4RecError('The JAX backend trains in chunks only (static shapes): use chunk > 0')
         if store_type not in ('gpu', 'cpu'):

@@ -94,7 +94,8 @@ def step_forward(p, cfg, X, Y, H, support=None, noise=()):
         h = H[i]
         rz = sigmoid(a[:, units:] + h @ p[f'Wrz{i}'])
         r, z = rz[:, :units], rz[:, units:]
-        hc = act(cfg['hidden_act'], (r * h) @ p[f'Wh{i}'] + a[:, :units])
+        rec = r * (h @ p[f'Wh{i}']) if cfg.get('reset_after') else (r * h) @ p[f'Wh{i}']
+        hc = act(cfg['hidden_act'], rec + a[:, :units])
         h = dropout((1 - z) * h + z * hc, cfg.get('dropout_p_hidden', 0.0))
         new.append(h)
         x = h
@@ -155,7 +156,7 @@ class Optimiser:
         for name, g in dense_grads.items():
             self._dense(name, g)
         for name, idx, g in sparse_grads:
-            if self.adapt == 'adam':
+            if self.adapt == 'adam' or self.cfg.get('merge_repeated'):   # one step per distinct row
                 uniq = np.unique(idx)
                 g = np.stack([g[idx == u].sum(axis=0) for u in uniq])
                 idx = uniq

@@ -173,3 +173,18 @@ def test_numba_kernel_cache_key_changes_with_the_source(tmp_path, monkeypatch):
     edited.write_bytes(open(gpu_ops.__file__, 'rb').read() + b'\n# edited\n')
     monkeypatch.setattr(gpu_ops, '__file__', str(edited))
     assert gpu_ops._source_salt() != salt
+
+
+@pytest.mark.parametrize('mode', ['FAST_COMPILE', 'NUMBA'])
+def test_merge_repeated_sums_rows_like_numpy(mode):
+    """gpu_ops.merge_repeated (used by adam and merge_repeated=True) against np.unique, with more distinct
+    rows than a small integer type can count."""
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, 700, size=2100).astype(np.int32)
+    g = rng.normal(size=(2100, 3)).astype(np.float32)
+    I, G = pt.ivector('I'), pt.fmatrix('G')
+    uniq, summed = pytensor.function([I, G], gpu_ops.merge_repeated(I, G), mode=mode)(idx, g)
+    want, inv = np.unique(idx, return_inverse=True)
+    assert len(want) > 300
+    np.testing.assert_array_equal(uniq, want)
+    np.testing.assert_allclose(summed, np.stack([g[inv == k].sum(axis=0) for k in range(len(want))]), rtol=1e-5, atol=1e-5)

@@ -65,7 +65,8 @@ def cfg_of(m, mode):
     return dict(mode=mode, layers=m.layers, dropout_p_embed=m.dropout_p_embed, dropout_p_hidden=m.dropout_p_hidden, hidden_act=m.hidden_act, final_act=m.final_act, loss=m.loss,
                 smoothing=m.smoothing, bpreg=m.bpreg, logq=m.logq, sample_alpha=m.sample_alpha,
                 batch_size=m.batch_size, adapt=m.adapt, adapt_params=list(m.adapt_params),
-                learning_rate=m.learning_rate, momentum=m.momentum, lmbd=m.lmbd, grad_cap=m.grad_cap)
+                learning_rate=m.learning_rate, momentum=m.momentum, lmbd=m.lmbd, grad_cap=m.grad_cap,
+                reset_after=m.reset_after, merge_repeated=m.merge_repeated)
 
 
 def states(m, seed=2):
@@ -165,3 +166,22 @@ def test_repeated_item_semantics_by_hand():
     np.testing.assert_allclose(opt.w['W'][1], [-2.0], rtol=1e-5)
     np.testing.assert_allclose(opt.state[('W', 'acc')][1], [9.0])
     np.testing.assert_allclose(opt.state[('W', 'vel')][1], [-1.0], rtol=1e-5)
+
+
+@pytest.mark.parametrize('mode,adapt', [('shared', 'adagrad'), ('onehot', 'rmsprop'), ('separate', 'adam_legacy')])
+def test_reset_after_and_merged_repeated_items(mode, adapt):
+    """The two non-original switches against the numpy reference: r * (h Wh) in the GRU, and one optimiser
+    step per distinct item with its summed gradient (X and Y above repeat items)."""
+    m = tiny_model(mode, layers=(3, 4), reset_after=True, merge_repeated=True, adapt=adapt, momentum=0.3,
+                   learning_rate=0.2)
+    check_steps(m, mode, n_steps=2, atol=3e-4 if adapt.startswith('adam') else 2e-6)
+
+
+def test_merged_repeated_item_by_hand():
+    """As test_repeated_item_semantics_by_hand, merged: g = 1 + 3 = 4, acc = 16, ghat = 4 / sqrt(16 + eps) ~ 1,
+    v = -1, W = -1 (one step, not two)."""
+    opt = ref.Optimiser({'W': np.zeros((2, 1))}, dict(adapt='adagrad', learning_rate=1.0, momentum=0.5,
+                                                       merge_repeated=True))
+    opt.step({}, [('W', np.array([1, 1]), np.array([[1.0], [3.0]]))])
+    np.testing.assert_allclose(opt.w['W'][1], [-1.0], rtol=1e-5)
+    np.testing.assert_allclose(opt.state[('W', 'acc')][1], [16.0])
