@@ -73,7 +73,10 @@ def test_parameter_file_round_trips_through_run_pf(tmp_path):
 def cli(*args, env_extra=None):
     cmd = [sys.executable, '-u', os.path.join(ROOT, 'paropt.py')] + [str(a) for a in args] + ['--backend', 'python']
     env = {k: v for k, v in os.environ.items() if k not in ('PYTENSOR_FLAGS', 'THEANO_FLAGS')}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # A process started in the background by a non-interactive shell inherits SIGINT as ignored, and Python
+    # then installs no KeyboardInterrupt handler: give the child the default disposition, as a terminal would.
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def run_until(proc, marker, sig):
