@@ -3,14 +3,16 @@ scales with the number of items (e.g. 40k to 2M) without needing such a data set
 
     python benchmarks/bench_synthetic.py [--items 40000 2000000] [--events 0] [--epochs 2] [--loss xe_logq]
                                          [--eval_backends numba jax] [--fused default|yes|no]
+                                         [--backend numba|jax|python] [--chunk K]
 
 Data: sessions of geometric length (at least 2, mean ~4.5), items drawn with Zipf-like popularity
 (p(rank r) ~ 1/r^zipf); every item of the catalogue occurs at least once, so the model really has
 --items items. --events 0 (default) means 3 x items, at least 300k. A test set of 20k events is drawn
 the same way. Prints one table row per size: training mb/s and events/s (median of the epochs after
 the first; the first includes compilation), evaluation events/s (full catalogue, warm compiled function,
-data loaded) per backend, and the seconds it took to generate the data. Training runs on Numba (the JAX
-backend does not train yet); evaluation on every backend listed whose package is installed.
+data loaded) per backend, and the seconds it took to generate the data. Training runs on --backend (Numba
+by default; JAX trains in chunks of --chunk minibatches); evaluation on every backend listed whose package
+is installed.
 """
 import argparse
 import os
@@ -57,11 +59,14 @@ def main():
     p.add_argument('--layers', type=int, default=100)
     p.add_argument('--eval_backends', nargs='+', default=['numba', 'jax'], choices=['numba', 'jax', 'python'])
     p.add_argument('--fused', choices=['default', 'yes', 'no'], default='default')
+    p.add_argument('--backend', choices=['numba', 'jax', 'python'], default='numba', help='training backend')
+    p.add_argument('--chunk', type=int, default=None, help="minibatches per compiled training call (default: the backend's)")
     args = p.parse_args()
     import custom_opt
     from gru4rec import GRU4Rec
     import evaluation
-    use_fused(args.fused, 'numba')
+    custom_opt.check_backend(args.backend)
+    use_fused(args.fused, args.backend)
     backends = []
     for b in args.eval_backends:
         try:
@@ -70,7 +75,7 @@ def main():
         except ValueError as e:
             print(f'skipping evaluation on {b}: {e}')
     print(machine_line(loss=args.loss, batch=args.batch_size, n_sample=args.n_sample, layers=args.layers,
-                       fused=args.fused))
+                       fused=args.fused, train_backend=args.backend, chunk=args.chunk))
     rows = []
     for n_items in args.items:
         t0 = time.time()
@@ -79,8 +84,8 @@ def main():
         test = synthetic_sessions(n_items, 20000, seed=2, cover_all=False, first_session=10 ** 9)
         gen_s = time.time() - t0
         m = GRU4Rec(layers=[args.layers], batch_size=args.batch_size, n_sample=args.n_sample, n_epochs=args.epochs,
-                    **CONFIGS[args.loss])
-        m.fit(train)
+                    backend=args.backend, **CONFIGS[args.loss])
+        m.fit(train, chunk=args.chunk)
         later = m.epoch_stats_[1:] or m.epoch_stats_
         mbs = statistics.median(e['steps'] / e['seconds'] for e in later)
         eps = statistics.median(e['events'] / e['seconds'] for e in later)
