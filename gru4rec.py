@@ -852,7 +852,7 @@ class GRU4Rec:
             ckpt = header.get('checkpoint')
             if header.get('format') != MODEL_FORMAT or not ckpt:
                 raise GRU4RecError(f'{fname} is not a GRU4Rec checkpoint')
-            mine, theirs = dict(self.get_params()), dict(header['params'])
+            mine, theirs = dict(self.get_params()), {**DEFAULTS, **header['params']}   # keys added later: defaults
             mine.pop('backend'), theirs.pop('backend', None)
             if mine != theirs:
                 diff = ', '.join(k for k in mine if mine[k] != theirs.get(k))
