@@ -70,13 +70,17 @@ def test_parameter_file_round_trips_through_run_pf(tmp_path):
     assert run.load_parameter_file(path) == params
 
 
+# A process started in the background by a non-interactive shell inherits SIGINT as ignored, and Python then
+# raises no KeyboardInterrupt: the child re-enables it first, as running from a terminal would (a preexec_fn
+# would do the same but forks a process that has JAX's threads running).
+_WITH_CTRL_C = ('import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); '
+                'sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")')
+
+
 def cli(*args, env_extra=None):
-    cmd = [sys.executable, '-u', os.path.join(ROOT, 'paropt.py')] + [str(a) for a in args] + ['--backend', 'python']
+    cmd = [sys.executable, '-u', '-c', _WITH_CTRL_C, os.path.join(ROOT, 'paropt.py')] + [str(a) for a in args] + ['--backend', 'python']
     env = {k: v for k, v in os.environ.items() if k not in ('PYTENSOR_FLAGS', 'THEANO_FLAGS')}
-    # A process started in the background by a non-interactive shell inherits SIGINT as ignored, and Python
-    # then installs no KeyboardInterrupt handler: give the child the default disposition, as a terminal would.
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def run_until(proc, marker, sig):
