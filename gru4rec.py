@@ -242,11 +242,6 @@ def _softmax_neg(yhat, col_mask=None):
     return _softmax(pt.set_subtensor(yhat[m, m], -np.inf))
 
 
-def _fsum(x, axis=None):
-    """Sum in float32: PyTensor's JAX backend returns float64 for a float32 sum it accumulates in float64."""
-    return pt.sum(x, axis=axis, acc_dtype=FLOAT)
-
-
 def loss_sum(loss, yhat, smoothing=0.0, bpreg=1.0, row_mask=None, col_mask=None):
     """Sum over the M rows of the loss of an activated M x K score matrix (column i is row i's positive).
 
@@ -258,7 +253,7 @@ def loss_sum(loss, yhat, smoothing=0.0, bpreg=1.0, row_mask=None, col_mask=None)
         k = yhat.shape[1].astype(FLOAT)
         cols = lambda x: x                                               # noqa: E731
     else:
-        k = col_mask.sum(acc_dtype=FLOAT)
+        k = col_mask.sum()
         cols = lambda x: pt.switch(col_mask[None, :] > 0, x, np.float32(0))  # noqa: E731
     rows = (lambda x: x) if row_mask is None else (lambda x: x * row_mask)  # noqa: E731
     if loss in ('cross-entropy', 'xe_logit'):
@@ -266,22 +261,20 @@ def loss_sum(loss, yhat, smoothing=0.0, bpreg=1.0, row_mask=None, col_mask=None)
         pos = (-pt.log(d + LOG_EPS)) if loss == 'cross-entropy' else d
         if smoothing:
             s = np.float32(smoothing)
-            return _fsum(rows((1 - s * k / (k - 1)) * pos + (s / (k - 1)) * cols(nll).sum(axis=1, acc_dtype=FLOAT)))
-        return _fsum(rows(pos))
+            return pt.sum(rows((1 - s * k / (k - 1)) * pos + (s / (k - 1)) * cols(nll).sum(axis=1)))
+        return pt.sum(rows(pos))
     if loss == 'bpr':
-        return _fsum(rows(cols(-pt.log(pt.sigmoid(d[:, None] - yhat))).sum(axis=1, acc_dtype=FLOAT)))
+        return pt.sum(rows(cols(-pt.log(pt.sigmoid(d[:, None] - yhat))).sum(axis=1)))
     if loss == 'bpr-max':
         s = _softmax_neg(yhat, col_mask)
-        return _fsum(rows(-pt.log((pt.sigmoid(d[:, None] - yhat) * s).sum(axis=1, acc_dtype=FLOAT) + LOG_EPS)
-                           + np.float32(bpreg) * (yhat ** 2 * s).sum(axis=1, acc_dtype=FLOAT)))
-    if loss == 'top1':
-        if col_mask is None:
-            return _fsum(_fsum(pt.sigmoid(yhat - d[:, None]) + pt.sigmoid(yhat ** 2), axis=1) / k - pt.sigmoid(d ** 2) / k)
-        terms = cols(pt.sigmoid(yhat - d[:, None]) + pt.sigmoid(yhat ** 2)).sum(axis=1, acc_dtype=FLOAT) / k
-        return _fsum(rows(terms - pt.sigmoid(d ** 2) / k))
+        return pt.sum(rows(-pt.log((pt.sigmoid(d[:, None] - yhat) * s).sum(axis=1) + LOG_EPS)
+                           + np.float32(bpreg) * (yhat ** 2 * s).sum(axis=1)))
+    if loss == 'top1':   # mean over the (active) columns
+        terms = cols(pt.sigmoid(yhat - d[:, None]) + pt.sigmoid(yhat ** 2)).sum(axis=1) / k
+        return pt.sum(rows(terms - pt.sigmoid(d ** 2) / k))
     if loss == 'top1-max':
         s = _softmax_neg(yhat, col_mask)
-        return _fsum(rows((s * (pt.sigmoid(yhat - d[:, None]) + pt.sigmoid(yhat ** 2))).sum(axis=1, acc_dtype=FLOAT)))
+        return pt.sum(rows((s * (pt.sigmoid(yhat - d[:, None]) + pt.sigmoid(yhat ** 2))).sum(axis=1)))
     raise GRU4RecError(f'Invalid value for parameter loss: {loss!r}')
 
 
