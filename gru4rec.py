@@ -559,11 +559,12 @@ class GRU4Rec:
         item row and neither add loss nor act as negatives. (Static shapes: JAX needs them.)"""
         w = self.weights
         masked = width is not None
-        ivec, fvec = (lambda n, k=0: pt.tensor(n, dtype='int32', shape=(None if width is None else width + k,))), \
-            (lambda n: pt.tensor(n, dtype=FLOAT, shape=(width,)))
-        X, Y = ivec('X'), ivec('Y', self.n_sample)        # X: M inputs; Y: M targets + n_sample negatives
-        R = fvec('R')                                     # 1.0 where the target ends its session
-        A = fvec('A') if masked else None                 # 1.0 for active slots (fixed-width steps only)
+
+        def vector(name, dtype, extra=0):   # length M (any) or width + extra (static)
+            return pt.tensor(name, dtype=dtype, shape=(width + extra if masked else None,))
+        X, Y = vector('X', 'int32'), vector('Y', 'int32', self.n_sample)   # M inputs; M targets + n_sample negatives
+        R = vector('R', FLOAT)                            # 1.0 where the target ends its session
+        A = vector('A', FLOAT) if masked else None        # 1.0 for active slots (fixed-width steps only)
         H = [pt.tensor(f'H{i}', dtype=FLOAT, shape=(width, u)) for i, u in enumerate(self.layers)]
         M = X.shape[0] if width is None else width
         dense = [w[f'{n}{i}'] for i in range(len(self.layers)) for n in ('Wx', 'Wh', 'Wrz', 'Bh')]
@@ -897,15 +898,21 @@ class GRU4Rec:
         self.error_epoch, self.error_step = epoch + 1, step
         return self
 
-    def _compile_train(self):
-        noise = NoiseInputs()
-        inputs, cost, new_H, dense, sparse = self._train_graph(noise)
+    def _train_step(self, width=None):
+        """The symbolic training step with its updates (see _train_graph for width); records the optimiser
+        states. Returns (inputs, cost, new states, updates, noise)."""
+        noise = NoiseInputs(width)
+        inputs, cost, new_H, dense, sparse = self._train_graph(noise, width)
         updates = self._updates(cost, dense, sparse)
+        weights = set(self.weights.values())
+        self._opt_states = [v for v in updates if v not in weights]   # Adagrad accumulators, velocities, ...
+        return inputs, cost, new_H, updates, noise
+
+    def _compile_train(self):
+        inputs, cost, new_H, updates, noise = self._train_step()
         fn = pytensor.function(inputs, [cost] + new_H, updates=list(updates.items()),
                                mode=custom_opt.compile_mode(self.backend))
         fn.trust_input = True
-        weights = set(self.weights.values())
-        self._opt_states = [v for v in updates if v not in weights]   # Adagrad accumulators, velocities, ...
         return fn, noise.widths
 
     def _compile_train_chunked(self, width):
@@ -914,11 +921,7 @@ class GRU4Rec:
         sequences X (K x B), Y (K x B+n_sample), R, A (K x B), noise (K x B x width) and the initial states
         H (B x L_i), and outputs the K costs and the final states. Numba compiles one function for any K;
         JAX (static shapes) one per K: the full chunk and the shorter last chunk of an epoch."""
-        noise = NoiseInputs(width)
-        inputs, cost, new_H, dense, sparse = self._train_graph(noise, width)
-        updates = self._updates(cost, dense, sparse)
-        weights = set(self.weights.values())
-        self._opt_states = [v for v in updates if v not in weights]
+        inputs, cost, new_H, updates, noise = self._train_step(width)
         n_seq = len(inputs) - len(self.layers)
         targets = list(updates)
 
