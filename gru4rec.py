@@ -518,7 +518,7 @@ class GRU4Rec:
 
     def get_weights(self):
         """The model weights as a dict of numpy arrays (copies)."""
-        return OrderedDict((k, v.get_value()) for k, v in self.weights.items())
+        return OrderedDict((k, np.array(v.get_value(borrow=True))) for k, v in self.weights.items())   # JAX: to host
 
     # --- model graph -----------------------------------------------------------------------
     def _layers_forward(self, first_input, H, noise, drop_p_hidden, drop_p_embed, onehot_rows=None):

@@ -39,3 +39,31 @@ def test_jax_prediction_equals_numba(model_file):
                            for i, j in ((0, 1), (2, 3))]
     for a, b in zip(scores['numba'], scores['jax']):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_jax_mode_donates_updated_buffers_and_keeps_constants_on_device():
+    """custom_opt's JAX linker: the old buffer of an updated shared variable is handed to the call (deleted
+    afterwards), results equal PyTensor's own JAX mode call after call, and a new value of a read-only
+    shared variable is used on the next call (not a stale device copy)."""
+    import pytensor
+    import pytensor.tensor as pt
+    import custom_opt
+
+    def build(mode):
+        W = pytensor.shared(np.arange(12, dtype=np.float32).reshape(4, 3), name='W')
+        C = pytensor.shared(np.linspace(0, 1, 4, dtype=np.float32), name='C')
+        x = pt.fvector('x')
+        f = pytensor.function([x], (W.sum(1) * C + x).sum(), updates=[(W, W * 0.5 + x[:, None])], mode=mode)
+        return f, W, C
+
+    ours, W, C = build(custom_opt.compile_mode('jax'))
+    plain, W0, C0 = build('JAX')
+    x = np.array([1, -2, 3, 0.5], dtype=np.float32)
+    for call in range(4):
+        if call == 2:
+            C.set_value(np.full(4, 2, np.float32)), C0.set_value(np.full(4, 2, np.float32))
+        before = W.get_value(borrow=True)
+        np.testing.assert_allclose(ours(x), plain(x), rtol=1e-6)
+        np.testing.assert_allclose(W.get_value(), W0.get_value(), rtol=1e-6)
+        if call > 0:   # from the second call on the stored value is a device array: donated
+            assert before.is_deleted()
