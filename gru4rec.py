@@ -377,6 +377,8 @@ class GRU4Rec:
     backend : 'numba' (CPU default), 'jax' or 'python' (slow reference, fast to compile); None = 'numba'.
     """
 
+    _sample_in_graph = False   # set by fit: negatives drawn inside the step (store_type='gpu')
+
     def __init__(self, loss='bpr-max', final_act='linear', hidden_act='tanh', layers=(100,), n_epochs=10,
                  batch_size=32, dropout_p_hidden=0.0, dropout_p_embed=0.0, learning_rate=0.1, momentum=0.0,
                  lmbd=0.0, embedding=0, n_sample=2048, sample_alpha=0.75, smoothing=0.0,
@@ -562,7 +564,14 @@ class GRU4Rec:
 
         def vector(name, dtype, extra=0):   # length M (any) or width + extra (static)
             return pt.tensor(name, dtype=dtype, shape=(width + extra if masked else None,))
-        X, Y = vector('X', 'int32'), vector('Y', 'int32', self.n_sample)   # M inputs; M targets + n_sample negatives
+        X = vector('X', 'int32')                          # M input items
+        if self._sample_in_graph:   # M targets; the negatives of step S are drawn here (gpu_ops.SampleItems)
+            T, S = vector('Y', 'int32'), pt.scalar('S', dtype='uint32')
+            Y = pt.concatenate([T, gpu_ops.SampleItems(self.n_sample)(self._sample_cdf, self._sample_seed, S)])
+            sample_inputs = [T, S]
+        else:                       # M targets + n_sample negatives
+            Y = vector('Y', 'int32', self.n_sample)
+            sample_inputs = [Y]
         R = vector('R', FLOAT)                            # 1.0 where the target ends its session
         A = vector('A', FLOAT) if masked else None        # 1.0 for active slots (fixed-width steps only)
         H = [pt.tensor(f'H{i}', dtype=FLOAT, shape=(width, u)) for i, u in enumerate(self.layers)]
@@ -600,7 +609,7 @@ class GRU4Rec:
         yhat = self._final_act(scores)
         cost = loss_sum(self.loss, yhat, self.smoothing, self.bpreg, A, col_mask) / np.float32(self.batch_size)
         reset_H = [h * (1 - R)[:, None] for h in new_H]
-        return [X, Y, R] + ([A] if masked else []) + noise.inputs + H, cost, reset_H, dense, sparse
+        return [X] + sample_inputs + [R] + ([A] if masked else []) + noise.inputs + H, cost, reset_H, dense, sparse
 
     # --- optimisers ------------------------------------------------------------------------
     def _updates(self, cost, dense, sparse):
@@ -670,7 +679,7 @@ class GRU4Rec:
         return g
 
     # --- training ----------------------------------------------------------------------------
-    def fit(self, data, sample_store=10000000, store_type='gpu', checkpoint_dir=None, resume=False,
+    def fit(self, data, sample_store=10000000, store_type=None, checkpoint_dir=None, resume=False,
             epoch_callback=None, chunk=None):
         """Train on a DataFrame with session, item and time columns (the frame is not modified).
 
@@ -678,9 +687,12 @@ class GRU4Rec:
         store) is saved there after every epoch, atomically. resume=True continues from that checkpoint
         (same parameters and data required) and ends with the same model as an uninterrupted run.
 
-        sample_store: how many negative-sample item indices to precompute at once (0 = draw per step).
-        store_type: 'gpu' or 'cpu'; both are generated with numpy on the host in this version (identical
-        distribution). Returns self. A NaN or infinite loss stops training with a printed message naming
+        store_type: where the negative samples come from. 'cpu': a store of `sample_store` item indices
+        drawn with numpy on the host, one row of n_sample per step, regenerated when used up (0 = draw every
+        step). 'gpu': drawn inside the compiled step by gpu_ops.SampleItems from a hash of (seed, step), so
+        nothing is generated or sent by the host (sample_store is then unused). Same distribution, different
+        random numbers. None: the backend's default, custom_opt.STORE_BY_DEFAULT ('cpu' on Numba: its
+        host store is faster than the in-graph draw; 'gpu' on JAX). Returns self. A NaN or infinite loss stops training with a printed message naming
         the epoch and step; error_during_train is then True and the model refuses to predict or save.
 
         epoch_callback: called as epoch_callback(model, stats) after every finished epoch (after its
@@ -700,6 +712,7 @@ class GRU4Rec:
                                'shape): train on numba')
         if chunk == 0 and self.backend == 'jax':
             raise GRU4RecError('The JAX backend trains in chunks only (static shapes): use chunk > 0')
+        store_type = custom_opt.STORE_BY_DEFAULT[self.backend] if store_type is None else store_type
         if store_type not in ('gpu', 'cpu'):
             raise GRU4RecError(f'Invalid store type {store_type} (use gpu or cpu)')
         if resume and not checkpoint_dir:
@@ -723,12 +736,18 @@ class GRU4Rec:
         self.itemidmap = pd.Series(np.arange(len(itemids), dtype=np.int32), index=itemids, name='ItemIdx')
         self.n_items = len(itemids)
         items, offsets, times = self._sort_and_index(data)
-        self._check_memory(sample_store)
+        self._sample_in_graph = store_type == 'gpu' and self.n_sample > 0
+        self._check_memory(sample_store if store_type == 'cpu' else 0)
         rng = np.random.RandomState(self.seed)   # the original's init draws for seed 42
         self._setup(np.bincount(items, minlength=self.n_items), rng)
-        sampler = NegativeSampler(self.item_support, self.sample_alpha, self.n_sample, sample_store,
-                                  np.random.default_rng([self.seed, 1]),
-                                  'GPU' if store_type == 'gpu' else 'CPU') if self.n_sample > 0 else None
+        sampler = None
+        if self._sample_in_graph:
+            sampler = GraphSampler(np.random.default_rng([self.seed, 1]))
+            self._sample_cdf = pytensor.shared(sampling_cdf(self.item_support, self.sample_alpha).astype(FLOAT), name='cdf')
+            self._sample_seed = pytensor.shared(sampler.seed, name='sample_seed')
+        elif self.n_sample > 0:
+            sampler = NegativeSampler(self.item_support, self.sample_alpha, self.n_sample, sample_store,
+                                      np.random.default_rng([self.seed, 1]))
         width = min(self.batch_size, len(offsets) - 1)
         train_fn, noise_widths = self._compile_train_chunked(width) if chunk else self._compile_train()
         noise_rng = np.random.default_rng([self.seed, 2])
@@ -775,9 +794,9 @@ class GRU4Rec:
         for inp, out, reset, keep in batches:
             if keep is not None:
                 H = [h[keep] for h in H]
-            y = out if sampler is None else np.concatenate([out, sampler.next()])
+            y = (out,) if sampler is None else sampler.inputs(out)
             noise = [noise_rng.random((len(inp), w), dtype=np.float32) for w in noise_widths]
-            cost, *H = fn(inp, y, reset.astype(FLOAT), *noise, *H)
+            cost, *H = fn(inp, *y, reset.astype(FLOAT), *noise, *H)
             sum_cost += float(cost) * len(inp)
             n_events += len(inp)
             n_steps += 1
@@ -812,13 +831,13 @@ class GRU4Rec:
             x = np.full(width, self.n_items, dtype=np.int32)
             t, r, a = x.copy(), np.ones(width, dtype=FLOAT), np.zeros(width, dtype=FLOAT)
             x[active], t[active], r[active], a[active] = inp, out, reset, 1
-            y = t if sampler is None else np.concatenate([t, sampler.next()])
+            y = (t,) if sampler is None else sampler.inputs(t)
             noise = []
             for w in noise_widths:
                 u = np.zeros((width, w), dtype=FLOAT)
                 u[active] = noise_rng.random((len(inp), w), dtype=np.float32)
                 noise.append(u)
-            steps.append((x, y, r, a, *noise))
+            steps.append((x, *y, r, a, *noise))
             sizes.append(len(inp))
             if len(steps) == chunk and (bad := run()):
                 return sum_cost, n_events, n_steps, bad
@@ -1156,10 +1175,8 @@ class TrainingStreams:
                   'noise': self.noise_rng.bit_generator.state}
         arrays = {'rng_keys': keys}
         if self.sampler is not None:
-            header['sampler'] = {'generator': self.sampler.rng.bit_generator.state, 'pos': self.sampler.pos,
-                                 'rows': self.sampler.rows}
-            if self.sampler.rows:
-                arrays['sampler_store'] = self.sampler.store
+            header['sampler'], arrays_ = self.sampler.get_state()
+            arrays.update(arrays_)
         return header, arrays
 
     def set_state(self, header, z):
@@ -1167,10 +1184,7 @@ class TrainingStreams:
         self.rng.set_state((kind, z['rng_keys'], pos, has_gauss, gauss))
         self.noise_rng.bit_generator.state = header['noise']
         if self.sampler is not None:
-            self.sampler.rng.bit_generator.state = header['sampler']['generator']
-            self.sampler.pos = header['sampler']['pos']
-            if self.sampler.rows:
-                self.sampler.store = z['sampler_store']
+            self.sampler.set_state(header['sampler'], z)
 
 
 def _safe_header(z):
@@ -1213,15 +1227,43 @@ def progress(batches, total, desc):
     return with_bar()
 
 
-class NegativeSampler:
-    """Shared negative samples: item indices drawn with probability ~ support ** alpha, served one row of
-    n_sample per step from a store of `store_size // n_sample` rows that is regenerated when used up."""
+def sampling_cdf(support, alpha):
+    """CDF of the negative-sampling distribution, probability ~ support ** alpha (float64, last entry 1)."""
+    weights = support.astype(np.float64) ** alpha
+    cdf = np.cumsum(weights) / weights.sum()
+    cdf[-1] = 1.0
+    return cdf
 
-    def __init__(self, support, alpha, n_sample, store_size, rng, kind='GPU'):
+
+class GraphSampler:
+    """store_type='gpu': the negatives are drawn inside the compiled step from (seed, step number) by
+    gpu_ops.SampleItems; the host only numbers the steps (one counter over all epochs, as the original's
+    store pointer, so a resumed run continues the same draws)."""
+
+    def __init__(self, rng):
+        self.seed, self.step = rng.integers(2 ** 32, dtype=np.uint32), 0
+        print('Negative samples are drawn inside the training step (type=GPU)')
+
+    def inputs(self, targets):
+        """The step's target and sample inputs: targets and the step number."""
+        self.step += 1
+        return targets, np.uint32((self.step - 1) % 2 ** 32)
+
+    def get_state(self):
+        return {'step': self.step}, {}
+
+    def set_state(self, header, z):
+        self.step = header['step']
+
+
+class NegativeSampler:
+    """store_type='cpu': shared negative samples, item indices drawn with numpy with probability
+    ~ support ** alpha, served one row of n_sample per step from a store of `store_size // n_sample` rows
+    that is regenerated when used up (or drawn every step without a store)."""
+
+    def __init__(self, support, alpha, n_sample, store_size, rng):
         self.n_sample, self.rng, self.n_items = n_sample, rng, len(support)
-        weights = support.astype(np.float64) ** alpha
-        self.cdf = np.cumsum(weights) / weights.sum()
-        self.cdf[-1] = 1.0
+        self.cdf = sampling_cdf(support, alpha)
         self.uniform = alpha == 0
         # guide[k] = first index whose CDF value reaches k / n_buckets: the search for u starts there
         self.n_buckets = len(self.cdf)
@@ -1232,7 +1274,7 @@ class NegativeSampler:
             self.rows = 0
         else:
             self.store = self._draw(self.rows)
-            print(f'Created sample store with {self.rows} batches of samples (type={kind})')
+            print(f'Created sample store with {self.rows} batches of samples (type=CPU)')
         self.pos = 0
 
     def _draw(self, n_rows):
@@ -1246,6 +1288,19 @@ class NegativeSampler:
     def search(self, u):
         """np.searchsorted(cdf, u): the smallest i with cdf[i] >= u, for every u in [0, 1)."""
         return _guided_search()(self.cdf, self.guide, u)
+
+    def inputs(self, targets):
+        """The step's target and sample inputs: the targets followed by the next n_sample negatives."""
+        return (np.concatenate([targets, self.next()]),)
+
+    def get_state(self):
+        state = {'generator': self.rng.bit_generator.state, 'pos': self.pos, 'rows': self.rows}
+        return state, ({'sampler_store': self.store} if self.rows else {})
+
+    def set_state(self, header, z):
+        self.rng.bit_generator.state, self.pos = header['generator'], header['pos']
+        if self.rows:
+            self.store = z['sampler_store']
 
     def next(self):
         if self.rows == 0:

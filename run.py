@@ -382,7 +382,7 @@ def _run(args, own, mod, evaluation):
         tests = load_test_files(args.test, keys, set(data[keys[1]].unique()))
         if args.test_against_items is not None:
             check_test_against_items(args.test_against_items, data[keys[1]].nunique())
-        store_type = 'gpu'
+        store_type = None   # the backend's default: custom_opt.STORE_BY_DEFAULT
         if args.sample_store_on_cpu:
             store_type = 'cpu'
             print('WARNING! The sample store is set to be on the CPU. This will make training significantly slower on the GPU.')

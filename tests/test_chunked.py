@@ -36,12 +36,12 @@ def repeated_item_sessions():
     return generated_sessions(n_sessions=700, n_items=12, seed=5)
 
 
-def fit(backend, chunk, n_epochs=1, **params):
+def fit(backend, chunk, n_epochs=1, store_type='cpu', **params):
     base = dict(layers=[10], batch_size=8, n_sample=6, n_epochs=n_epochs, learning_rate=0.1, momentum=0.4,
                 loss='bpr-max', final_act='elu-0.5', backend=backend)
     base.update(params)
     m = GRU4Rec(**base)
-    m.fit(repeated_item_sessions(), sample_store=600, chunk=chunk)
+    m.fit(repeated_item_sessions(), sample_store=600, store_type=store_type, chunk=chunk)
     return m
 
 
@@ -59,15 +59,17 @@ def assert_same_training(a, b, loss_rtol, weight_atol):
 @pytest.mark.slow
 @pytest.mark.parametrize('params', [dict(), dict(loss='cross-entropy', final_act='softmax', logq=1.0,
                                                   constrained_embedding=True, dropout_p_embed=0.2)])
-def test_chunked_equals_per_step_on_numba(params):
-    per_step, chunked = fit('numba', 0, **params), fit('numba', 64, **params)   # last chunk is shorter
+@pytest.mark.parametrize('store_type', ['cpu', 'gpu'])
+def test_chunked_equals_per_step_on_numba(params, store_type):
+    per_step, chunked = fit('numba', 0, store_type=store_type, **params), fit('numba', 64, store_type=store_type, **params)
     assert per_step.epoch_stats_[0]['steps'] >= 200
     assert_same_training(per_step, chunked, 1e-5, 1e-5)
 
 
-def test_jax_training_matches_numba():
+@pytest.mark.parametrize('store_type', ['cpu', 'gpu'])   # host store; negatives drawn inside the step
+def test_jax_training_matches_numba(store_type):
     pytest.importorskip('jax')
-    numba, jax = fit('numba', 0), fit('jax', 25)
+    numba, jax = fit('numba', 0, store_type=store_type), fit('jax', 25, store_type=store_type)
     assert numba.epoch_stats_[0]['steps'] >= 50
     assert_same_training(numba, jax, 1e-4, 1e-4)
 

@@ -188,3 +188,48 @@ def test_merge_repeated_sums_rows_like_numpy(mode):
     assert len(want) > 300
     np.testing.assert_array_equal(uniq, want)
     np.testing.assert_allclose(summed, np.stack([g[inv == k].sum(axis=0) for k in range(len(want))]), rtol=1e-5, atol=1e-5)
+
+
+def sample_graph(n):
+    cdf, seed, step = pt.fvector('cdf'), pt.scalar('seed', dtype='uint32'), pt.scalar('step', dtype='uint32')
+    return [cdf, seed, step], gpu_ops.SampleItems(n)(cdf, seed, step)
+
+
+def popularity_cdf(n_items, alpha=0.75):
+    weights = np.arange(1, n_items + 1, dtype=np.float64)[::-1] ** alpha
+    cdf = (np.cumsum(weights) / weights.sum()).astype(np.float32)
+    cdf[-1] = 1
+    return weights / weights.sum(), cdf
+
+
+def test_sample_items_follows_the_cdf():
+    """200k draws over 20 items: each item's frequency within 5 standard errors of its probability; a
+    step's draw depends on the step and the seed (and nothing else: the same call gives the same draw)."""
+    probs, cdf = popularity_cdf(20)
+    inputs, out = sample_graph(2000)
+    f = pytensor.function(inputs, out, mode='FAST_COMPILE')
+    draws = np.concatenate([f(cdf, np.uint32(7), np.uint32(t)) for t in range(100)])
+    freq = np.bincount(draws, minlength=20) / len(draws)
+    assert np.all(np.abs(freq - probs) < 5 * np.sqrt(probs * (1 - probs) / len(draws)))
+    assert np.array_equal(f(cdf, np.uint32(7), np.uint32(3)), f(cdf, np.uint32(7), np.uint32(3)))
+    assert not np.array_equal(f(cdf, np.uint32(7), np.uint32(3)), f(cdf, np.uint32(7), np.uint32(4)))
+    assert not np.array_equal(f(cdf, np.uint32(7), np.uint32(3)), f(cdf, np.uint32(8), np.uint32(3)))
+    # consecutive steps are not shifted copies of each other
+    a, b = f(cdf, np.uint32(7), np.uint32(0)), f(cdf, np.uint32(7), np.uint32(1))
+    assert max(np.mean(a[k:] == b[:len(b) - k]) for k in range(50)) < 0.5
+
+
+@pytest.mark.parametrize('backend', ['numba', 'jax'])
+def test_sample_items_is_identical_on_every_backend(backend):
+    if backend == 'jax':
+        pytest.importorskip('jax')
+    _, cdf = popularity_cdf(5000)
+    cdf[100:200] = cdf[99]                       # zero-probability items are never drawn
+    inputs, out = sample_graph(4096)
+    ref_fn = pytensor.function(inputs, out, mode='FAST_COMPILE')
+    fn = pytensor.function(inputs, out, mode=custom_opt.compile_mode(backend))
+    for seed, step in [(0, 0), (42, 1), (42, 2 ** 32 - 1), (2 ** 32 - 1, 12345)]:
+        expected = ref_fn(cdf, np.uint32(seed), np.uint32(step))
+        got = np.asarray(fn(cdf, np.uint32(seed), np.uint32(step)))
+        assert got.dtype == np.int32 and np.array_equal(got, expected)
+        assert not np.any((expected >= 100) & (expected < 200)) and expected.max() < 5000

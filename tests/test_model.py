@@ -291,3 +291,18 @@ def test_progress_bars_only_on_a_terminal(capsys, monkeypatch):
     captured = capsys.readouterr()
     assert 'Epoch1:' in captured.err and 'Evaluation:' in captured.err   # tqdm writes to stderr
     assert re.search(r'^Epoch1 --> loss: ', captured.out, re.M)            # the original's lines unchanged
+
+
+def test_resume_continues_the_in_graph_negative_draws(tmp_path):
+    """store_type='gpu' numbers the steps over all epochs; a resumed run continues from the checkpoint's step
+    and ends with the weights of the uninterrupted run (restarting the draws at step 0 would not)."""
+    params = dict(layers=[6], batch_size=4, n_sample=5, n_epochs=2, loss='bpr-max', final_act='elu-0.5',
+                  momentum=0.2, backend='python')
+    data = generated_sessions(n_sessions=60)
+    full = GRU4Rec(**params).fit(data, store_type='gpu')
+    GRU4Rec(**params).fit(data, store_type='gpu', checkpoint_dir=str(tmp_path), epoch_callback=lambda m, s: True)
+    resumed = GRU4Rec(**params).fit(data, store_type='gpu', checkpoint_dir=str(tmp_path), resume=True)
+    for k, v in full.get_weights().items():
+        np.testing.assert_array_equal(resumed.get_weights()[k], v, err_msg=k)
+    host = GRU4Rec(**params).fit(data, store_type='cpu')
+    assert not np.array_equal(host.get_weights()['Wy'], full.get_weights()['Wy'])   # other draws
