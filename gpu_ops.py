@@ -85,6 +85,19 @@ def merge_repeated(idx, g):
     return uniq, pt.inc_subtensor(pt.zeros((uniq.shape[0], g.shape[1]), dtype=g.dtype)[inv], g)
 
 
+def merge_repeated_into(idx, g, sink):
+    """merge_repeated with static shapes (JAX, fixed-width steps): as many rows as idx, in sorted order; the
+    first occurrence of each distinct row carries the summed gradient, the other occurrences are sent to
+    row `sink` (a padding row that nothing reads) with zero gradient. The sums equal merge_repeated's up to
+    the order of addition (PyTensor has no stable argsort that both Numba and JAX honour)."""
+    order = pt.argsort(idx)
+    srt = idx[order]
+    first = pt.concatenate([pt.ones((1,), dtype='bool'), pt.neq(srt[1:], srt[:-1])])
+    group = pt.cumsum(first.astype('int64')) - 1     # distinct-row number of each sorted entry
+    sums = pt.inc_subtensor(pt.zeros_like(g)[group], g[order])
+    return pt.switch(first, srt, np.asarray(sink, dtype=idx.dtype)), pt.switch(first[:, None], sums[group], 0)
+
+
 def plain_row_update(spec, p, states, idx, g):
     """The step as a PyTensor graph of gathers and (inc_|set_)subtensors; see the module docstring."""
     lr, mu, lmbd, eps, rho, b1 = map(_f, (spec.lr, spec.mu, spec.lmbd, spec.eps, spec.rho, spec.b1))

@@ -612,8 +612,10 @@ class GRU4Rec:
         return [X] + sample_inputs + [R] + ([A] if masked else []) + noise.inputs + H, cost, reset_H, dense, sparse
 
     # --- optimisers ------------------------------------------------------------------------
-    def _updates(self, cost, dense, sparse):
-        """Parameter and optimiser-state updates (see README: optimisers and repeated items)."""
+    def _updates(self, cost, dense, sparse, sink=None):
+        """Parameter and optimiser-state updates (see README: optimisers and repeated items). sink: the
+        padding item row of fixed-width steps; merge_repeated then keeps static shapes by sending the
+        merged-away occurrences there with zero gradient."""
         lr = np.float32(1.0 if self.adapt == 'adadelta' else self.learning_rate)
         mu, lmbd = np.float32(self.momentum), np.float32(self.lmbd)
         grads = pytensor.grad(cost, dense + [rows for _, _, rows in sparse])
@@ -642,7 +644,7 @@ class GRU4Rec:
         self._item_vars = [p for p, _, _ in sparse]     # item-indexed: padded in chunked training
         for (p, idx, rows), g in zip(sparse, grads[len(dense):]):
             if self.merge_repeated and self.adapt != 'adam':   # (adam's row update merges them itself)
-                idx, g = gpu_ops.merge_repeated(idx, g)
+                idx, g = gpu_ops.merge_repeated(idx, g) if sink is None else gpu_ops.merge_repeated_into(idx, g, sink)
             states = [_state_like(p) for _ in range(gpu_ops.n_inputs_states(spec))]
             self._item_vars += states
             for var, new in zip([p] + states, gpu_ops.sparse_row_update(spec, p, states, idx, g)):
@@ -707,9 +709,6 @@ class GRU4Rec:
         chunk = custom_opt.CHUNK_BY_DEFAULT[self.backend] if chunk is None else _to_int_arg(chunk, 'chunk')
         if chunk < 0:
             raise GRU4RecError(f'chunk must be >= 0 (got {chunk})')
-        if self.merge_repeated and self.backend == 'jax':
-            raise GRU4RecError('merge_repeated=True is not available on the JAX backend yet (it needs a dynamic '
-                               'shape): train on numba')
         if chunk == 0 and self.backend == 'jax':
             raise GRU4RecError('The JAX backend trains in chunks only (static shapes): use chunk > 0')
         store_type = custom_opt.STORE_BY_DEFAULT[self.backend] if store_type is None else store_type
@@ -922,7 +921,7 @@ class GRU4Rec:
         states. Returns (inputs, cost, new states, updates, noise)."""
         noise = NoiseInputs(width)
         inputs, cost, new_H, dense, sparse = self._train_graph(noise, width)
-        updates = self._updates(cost, dense, sparse)
+        updates = self._updates(cost, dense, sparse, sink=None if width is None else self.n_items)
         weights = set(self.weights.values())
         self._opt_states = [v for v in updates if v not in weights]   # Adagrad accumulators, velocities, ...
         return inputs, cost, new_H, updates, noise

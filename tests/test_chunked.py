@@ -58,7 +58,8 @@ def assert_same_training(a, b, loss_rtol, weight_atol):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('params', [dict(), dict(loss='cross-entropy', final_act='softmax', logq=1.0,
-                                                  constrained_embedding=True, dropout_p_embed=0.2)])
+                                                  constrained_embedding=True, dropout_p_embed=0.2),
+                                    dict(merge_repeated=True, reset_after=True)])
 @pytest.mark.parametrize('store_type', ['cpu', 'gpu'])
 def test_chunked_equals_per_step_on_numba(params, store_type):
     per_step, chunked = fit('numba', 0, store_type=store_type, **params), fit('numba', 64, store_type=store_type, **params)
@@ -66,10 +67,10 @@ def test_chunked_equals_per_step_on_numba(params, store_type):
     assert_same_training(per_step, chunked, 1e-5, 1e-5)
 
 
-@pytest.mark.parametrize('store_type', ['cpu', 'gpu'])   # host store; negatives drawn inside the step
-def test_jax_training_matches_numba(store_type):
+@pytest.mark.parametrize('store_type,params', [('cpu', {}), ('gpu', {}), ('gpu', dict(merge_repeated=True))])
+def test_jax_training_matches_numba(store_type, params):   # host store; negatives drawn inside the step
     pytest.importorskip('jax')
-    numba, jax = fit('numba', 0, store_type=store_type), fit('jax', 25, store_type=store_type)
+    numba, jax = fit('numba', 0, store_type=store_type, **params), fit('jax', 25, store_type=store_type, **params)
     assert numba.epoch_stats_[0]['steps'] >= 50
     assert_same_training(numba, jax, 1e-4, 1e-4)
 

@@ -190,6 +190,26 @@ def test_merge_repeated_sums_rows_like_numpy(mode):
     np.testing.assert_allclose(summed, np.stack([g[inv == k].sum(axis=0) for k in range(len(want))]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('mode', ['FAST_COMPILE', 'NUMBA', 'JAX'])
+def test_merge_repeated_into_a_sink_row_keeps_the_shape(mode):
+    """The static-shape merge (fixed-width steps): every distinct row once with its summed gradient (exactly
+    merge_repeated's sums), every other occurrence at the sink row with a zero gradient."""
+    if mode == 'JAX':
+        pytest.importorskip('jax')
+    rng = np.random.default_rng(4)
+    idx = rng.integers(0, 400, size=1500).astype(np.int32)
+    g = rng.normal(size=(1500, 3)).astype(np.float32)
+    I, G = pt.ivector('I'), pt.fmatrix('G')
+    mode_ = custom_opt.compile_mode('jax') if mode == 'JAX' else mode
+    out_idx, out_g = (np.asarray(a) for a in pytensor.function([I, G], gpu_ops.merge_repeated_into(I, G, 400), mode=mode_)(idx, g))
+    uniq, summed = pytensor.function([I, G], gpu_ops.merge_repeated(I, G), mode='FAST_COMPILE')(idx, g)
+    assert out_idx.shape == idx.shape and out_g.shape == g.shape
+    real = out_idx != 400
+    np.testing.assert_array_equal(out_idx[real], uniq)                  # distinct rows once, sorted
+    np.testing.assert_allclose(out_g[real], summed, rtol=1e-5, atol=1e-5)   # same sums (order of addition aside)
+    assert np.all(out_g[~real] == 0) and (~real).sum() == len(idx) - len(uniq)
+
+
 def sample_graph(n):
     cdf, seed, step = pt.fvector('cdf'), pt.scalar('seed', dtype='uint32'), pt.scalar('step', dtype='uint32')
     return [cdf, seed, step], gpu_ops.SampleItems(n)(cdf, seed, step)
