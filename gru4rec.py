@@ -811,16 +811,29 @@ class GRU4Rec:
         active = np.arange(width)                      # row of each active slot, in slot order
         sum_cost, n_events, n_steps = 0.0, 0, 0
         steps, sizes = [], []
+        pending = None   # (costs, sizes) of the call whose costs have not been read yet
 
-        def run():
-            nonlocal H, sum_cost, n_events, n_steps
-            costs, *H = fn(len(steps))(*(np.stack(col) for col in zip(*steps)), *H)
-            costs = np.asarray(costs, dtype=np.float64)
+        def settle():
+            """Read the costs of the pending call (waits for it); returns the step of a non-finite cost."""
+            nonlocal sum_cost, n_events, n_steps, pending
+            if pending is None:
+                return None
+            costs, sizes_ = np.asarray(pending[0], dtype=np.float64), np.asarray(pending[1], dtype=np.float64)
+            pending = None
             bad = np.flatnonzero(~np.isfinite(costs))
-            sum_cost += float(costs @ np.asarray(sizes, dtype=np.float64))
-            n_events += sum(sizes)
+            sum_cost += float(costs @ sizes_)
+            n_events += int(sizes_.sum())
             first_bad = n_steps + int(bad[0]) + 1 if len(bad) else None
             n_steps += len(costs)
+            return first_bad
+
+        def run():
+            # JAX dispatches asynchronously: the costs of this call are read after the next chunk has been
+            # prepared, so the host's preparation overlaps the device's work (the new states stay on the device)
+            nonlocal H, pending
+            costs, *H = fn(len(steps))(*(np.stack(col) for col in zip(*steps)), *H)
+            first_bad = settle()
+            pending = (costs, list(sizes))
             steps.clear(), sizes.clear()
             return first_bad
 
@@ -842,7 +855,8 @@ class GRU4Rec:
                 return sum_cost, n_events, n_steps, bad
         if steps and (bad := run()):
             return sum_cost, n_events, n_steps, bad
-        return sum_cost, n_events, n_steps, None
+        bad = settle()
+        return sum_cost, n_events, n_steps, bad
 
     # --- checkpoints ---------------------------------------------------------------------------
     def _save_checkpoint(self, fname, epochs_done, fingerprint, streams):

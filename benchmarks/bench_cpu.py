@@ -73,11 +73,13 @@ def main():
                    help="use gpu_ops' fused sparse-update Op (yes), the plain graph (no), or the backend's default")
     p.add_argument('--chunk', type=int, default=None,
                    help="minibatches per compiled call (fit's chunk; default: the backend's default)")
+    p.add_argument('--store_type', choices=['cpu', 'gpu'], default=None,
+                   help="negatives from numpy's host store (cpu) or drawn inside the step (gpu); default: the backend's")
     args = p.parse_args()
     use_fused(args.fused, args.backend)
     data = pd.read_csv(args.path, sep='\t', nrows=args.events)
     print(f'data: {args.path}: {len(data)} events, {data.ItemId.nunique()} items, {data.SessionId.nunique()} sessions')
-    print(machine_line(backend=args.backend, fused=args.fused), f'chunk={args.chunk}')
+    print(machine_line(backend=args.backend, fused=args.fused), f'chunk={args.chunk}, store_type={args.store_type}')
     gather_us, gemm_us = calibration(data.ItemId.nunique(), args.layers, args.batch_size + args.n_sample)
     print(f'calibration: gather of {args.batch_size + args.n_sample} rows {gather_us:.0f} us, '
           f'score GEMM {gemm_us:.0f} us (numpy)')
@@ -85,7 +87,7 @@ def main():
     for name in args.losses:
         m = GRU4Rec(layers=[args.layers], batch_size=args.batch_size, n_sample=args.n_sample, n_epochs=args.epochs,
                     backend=args.backend, **CONFIGS[name])
-        m.fit(data, chunk=args.chunk)
+        m.fit(data, chunk=args.chunk, store_type=args.store_type)
         later = m.epoch_stats_[1:] or m.epoch_stats_
         mbs = statistics.median(e['steps'] / e['seconds'] for e in later)
         eps = statistics.median(e['events'] / e['seconds'] for e in later)

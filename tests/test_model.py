@@ -225,11 +225,15 @@ def test_predict_next_batch_matches_numpy_and_keeps_state():
     assert list(subset.index) == list(ids[:3]) and subset.shape == (3, 2)
 
 
-def test_nan_loss_stops_training_and_blocks_prediction(capsys):
-    m = GRU4Rec(**dict(TINY, loss='cross-entropy', final_act='linear', learning_rate=5.0))  # log of negatives
-    m.fit(generated_sessions())
-    assert m.error_during_train and m.error_epoch == 1
-    assert 'Epoch 1: NaN error!' in capsys.readouterr().out
+@pytest.mark.parametrize('chunk', [0, 3])
+def test_nan_loss_stops_training_and_blocks_prediction(capsys, chunk):
+    diverging = dict(TINY, loss='bpr-max', final_act='linear', adapt='sgd', learning_rate=1e6)  # scores overflow
+    m = GRU4Rec(**diverging)
+    m.fit(generated_sessions(), chunk=chunk)
+    assert m.error_during_train and m.error_epoch == 1 and m.error_step > 3
+    assert f'Epoch 1: NaN error! (step {m.error_step})' in capsys.readouterr().out
+    if chunk:   # the chunked loop (costs read one call late) names the step the per-step loop names
+        assert GRU4Rec(**diverging).fit(generated_sessions()).error_step == m.error_step
     with pytest.raises(GRU4RecError, match='NaN'):
         evaluation.evaluate_gpu(m, generated_sessions(10, seed=1))
 
