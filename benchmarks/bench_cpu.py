@@ -1,8 +1,10 @@
-"""CPU training speed of the real `fit`: minibatches/s and events/s per loss, median over the epochs after
-the first (the first includes compilation). Default protocol (issue: core CPU speed): the first 300k events
-of Diginetica (SR-GNN preprocessing, 43k items), batch 32, n_sample 2048, one GRU layer of 100, one thread.
+"""Training speed of the real `fit`: minibatches/s and events/s per loss, median over the epochs after the
+first (the first includes compilation), and with --test the time of a full-catalogue evaluation pass.
+Default protocol (issue: core CPU speed): the first 300k events of Diginetica (SR-GNN preprocessing, 43k
+items), batch 32, n_sample 2048, one GRU layer of 100, one thread. On a GPU: --backend jax --events 0 (all).
 
     python benchmarks/bench_cpu.py PATH/TO/diginetica_train_full.tsv.gz [--events 300000] [--epochs 4]
+        [--backend numba|jax] [--chunk K] [--test PATH/TO/diginetica_test.tsv.gz]
 """
 import argparse
 import os
@@ -62,7 +64,7 @@ def calibration(n_items, layers, k):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('path')
-    p.add_argument('--events', type=int, default=300000)
+    p.add_argument('--events', type=int, default=300000, help='first N events of the file (0: all)')
     p.add_argument('--epochs', type=int, default=4)
     p.add_argument('--batch_size', type=int, default=32)
     p.add_argument('--n_sample', type=int, default=2048)
@@ -75,9 +77,11 @@ def main():
                    help="minibatches per compiled call (fit's chunk; default: the backend's default)")
     p.add_argument('--store_type', choices=['cpu', 'gpu'], default=None,
                    help="negatives from numpy's host store (cpu) or drawn inside the step (gpu); default: the backend's")
+    p.add_argument('--test', help='test file: time evaluation over it (full catalogue, warm compiled function)')
     args = p.parse_args()
     use_fused(args.fused, args.backend)
-    data = pd.read_csv(args.path, sep='\t', nrows=args.events)
+    data = pd.read_csv(args.path, sep='\t', nrows=args.events or None)
+    test = pd.read_csv(args.test, sep='\t') if args.test else None
     print(f'data: {args.path}: {len(data)} events, {data.ItemId.nunique()} items, {data.SessionId.nunique()} sessions')
     print(machine_line(backend=args.backend, fused=args.fused), f'chunk={args.chunk}, store_type={args.store_type}')
     gather_us, gemm_us = calibration(data.ItemId.nunique(), args.layers, args.batch_size + args.n_sample)
@@ -91,11 +95,30 @@ def main():
         later = m.epoch_stats_[1:] or m.epoch_stats_
         mbs = statistics.median(e['steps'] / e['seconds'] for e in later)
         eps = statistics.median(e['events'] / e['seconds'] for e in later)
-        rows.append((name, mbs, eps, m.epoch_stats_[0]['seconds']))
-    print(f'\n| loss | mb/s (median, epochs 2..{args.epochs}) | events/s | epoch 1 s (incl. compile) |')
-    print('|---|---|---|---|')
-    for name, mbs, eps, first in rows:
-        print(f'| {name} | {mbs:.1f} | {eps:.0f} | {first:.1f} |')
+        rows.append((name, mbs, eps, m.epoch_stats_[0]['seconds']) + evaluation_time(m, test))
+    print(f'\n| loss | mb/s (median, epochs 2..{args.epochs}) | events/s | epoch 1 s (incl. compile) '
+          f'| evaluation s (warm) | evaluation events/s |')
+    print('|---|---|---|---|---|---|')
+    for name, mbs, eps, first, eval_s, eval_n in rows:
+        ev = f'{eval_s:.3f} | {eval_n / eval_s:.0f}' if eval_s else '- | -'
+        print(f'| {name} | {mbs:.1f} | {eps:.0f} | {first:.1f} | {ev} |')
+
+
+def evaluation_time(model, test):
+    """(seconds, events) of the fastest of three evaluation passes over `test` after a first (compiling)
+    one: batch 512, Recall/MRR@20, standard ties. (None, 0) without a test set."""
+    if test is None:
+        return None, 0
+    import evaluation
+    test = test[test.ItemId.isin(model.itemidmap.index)]
+    events = len(test) - test.SessionId.nunique()
+    evaluation.evaluate_gpu(model, test, batch_size=512)
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        evaluation.evaluate_gpu(model, test, batch_size=512)
+        times.append(time.perf_counter() - t)
+    return min(times), events
 
 
 if __name__ == '__main__':

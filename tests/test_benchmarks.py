@@ -30,3 +30,21 @@ def test_too_few_events_for_the_catalogue_is_refused():
         synthetic_sessions(5000, 1000)
     test = synthetic_sessions(5000, 1000, cover_all=False, first_session=10)
     assert test.SessionId.min() == 10 and test.ItemId.max() < 5000
+
+
+def test_bench_cpu_prints_training_and_evaluation_figures(tmp_path):
+    """bench_cpu.py end to end on a tiny generated log (python backend): one table row per loss with
+    mb/s, events/s and the evaluation pass over the test file."""
+    import re
+    import subprocess
+    train, test = tmp_path / 'train.tsv', tmp_path / 'test.tsv'
+    synthetic_sessions(30, 900, seed=1).to_csv(train, sep='\t', index=False)
+    synthetic_sessions(30, 200, seed=2, cover_all=False, first_session=10 ** 6).to_csv(test, sep='\t', index=False)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, 'benchmarks', 'bench_cpu.py'), str(train), '--events', '0',
+                        '--epochs', '2', '--n_sample', '8', '--layers', '4', '--backend', 'python', '--test', str(test)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = re.findall(r'^\| (xe_logq|bpr-max) \| ([\d.]+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| (\d+) \|$', r.stdout, re.M)
+    assert [row[0] for row in rows] == ['xe_logq', 'bpr-max']
+    assert all(float(row[1]) > 0 and float(row[4]) > 0 and int(row[5]) > 0 for row in rows)

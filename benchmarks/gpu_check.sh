@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Issue 3's GPU checks in one run on a machine with an NVIDIA GPU, JAX (CUDA), Numba and pandas installed
+# and no package registry. Prepare, in the repository root:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl pytensor==3.3.8
+#   mkdir -p .gpudata && cp DIGINETICA/diginetica_train_full.tsv.gz DIGINETICA/diginetica_test.tsv.gz .gpudata/
+# then run `bash benchmarks/gpu_check.sh` there (.whl and .gpudata travel with the working tree). Every section
+# has its own time limit, prints as it goes, and a failing section does not stop the others.
+# SMALL=1 runs the same sections at toy sizes (a dry run of the script on a CPU).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+if compgen -G '.whl/*.whl' >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site || exit 1
+fi
+PY=${PYTHON:-python3}
+TRAIN=.gpudata/diginetica_train_full.tsv.gz TEST=.gpudata/diginetica_test.tsv.gz
+if [ "${SMALL:-0}" = 1 ]; then SIZE=(--events 20000 --epochs 2); SYN=(--items 2000 5000 --events 20000); else SIZE=(--events 0 --epochs 4); SYN=(--items 43000 2000000); fi
+section() { echo; echo "=== $1 ($(date +%T))"; }
+
+section machine
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi'
+$PY -c 'import jax, pytensor, numba; print("jax", jax.__version__, jax.devices(), "| pytensor", pytensor.__version__, "| numba", numba.__version__)'
+
+section 'correctness: JAX (GPU, highest matmul precision) vs Numba (CPU) training and evaluation'
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout 240 $PY -m pytest -q -p no:cacheprovider \
+    tests/test_chunked.py::test_jax_training_matches_numba tests/test_jax_backend.py tests/test_gpu_ops.py -k 'jax or JAX' 2>&1 | tail -15
+
+section 'Diginetica, batch 32: XE + logQ and bpr-max (chunk 100, negatives drawn on the device), evaluation over the test set'
+timeout 240 $PY benchmarks/bench_cpu.py "$TRAIN" "${SIZE[@]}" --backend jax --chunk 100 --test "$TEST" 2>&1 | grep -v '^Epoch\|^Measuring\|^The dataframe\|^Negative'
+
+section 'Diginetica, batch 256: XE + logQ (events/s)'
+timeout 120 $PY benchmarks/bench_cpu.py "$TRAIN" "${SIZE[@]}" --backend jax --chunk 100 --batch_size 256 --losses xe_logq 2>&1 | grep -v '^Epoch\|^The dataframe\|^Negative'
+
+section 'Scaling: synthetic catalogues, training and evaluation on JAX'
+timeout 240 $PY benchmarks/bench_synthetic.py "${SYN[@]}" --backend jax --eval_backends jax 2>&1 | grep -v '^Epoch\|^Measuring\|^The dataframe\|^Negative'
