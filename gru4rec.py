@@ -1197,6 +1197,10 @@ class TrainingStreams:
         self.rng.set_state((kind, z['rng_keys'], pos, has_gauss, gauss))
         self.noise_rng.bit_generator.state = header['noise']
         if self.sampler is not None:
+            made_with = header['sampler'].get('kind', 'cpu')   # checkpoints from before store types: cpu
+            if made_with != self.sampler.kind:
+                raise GRU4RecError(f'The checkpoint was made with store_type={made_with!r}; resume with the same '
+                                   f'store type (this run has {self.sampler.kind!r})')
             self.sampler.set_state(header['sampler'], z)
 
 
@@ -1262,8 +1266,10 @@ class GraphSampler:
         self.step += 1
         return targets, np.uint32((self.step - 1) % 2 ** 32)
 
+    kind = 'gpu'
+
     def get_state(self):
-        return {'step': self.step}, {}
+        return {'kind': self.kind, 'step': self.step}, {}
 
     def set_state(self, header, z):
         self.step = header['step']
@@ -1306,8 +1312,10 @@ class NegativeSampler:
         """The step's target and sample inputs: the targets followed by the next n_sample negatives."""
         return (np.concatenate([targets, self.next()]),)
 
+    kind = 'cpu'
+
     def get_state(self):
-        state = {'generator': self.rng.bit_generator.state, 'pos': self.pos, 'rows': self.rows}
+        state = {'kind': self.kind, 'generator': self.rng.bit_generator.state, 'pos': self.pos, 'rows': self.rows}
         return state, ({'sampler_store': self.store} if self.rows else {})
 
     def set_state(self, header, z):

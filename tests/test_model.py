@@ -310,3 +310,5 @@ def test_resume_continues_the_in_graph_negative_draws(tmp_path):
         np.testing.assert_array_equal(resumed.get_weights()[k], v, err_msg=k)
     host = GRU4Rec(**params).fit(data, store_type='cpu')
     assert not np.array_equal(host.get_weights()['Wy'], full.get_weights()['Wy'])   # other draws
+    with pytest.raises(GRU4RecError, match="made with store_type='gpu'"):
+        GRU4Rec(**params).fit(data, store_type='cpu', checkpoint_dir=str(tmp_path), resume=True)
