@@ -754,35 +754,39 @@ class GRU4Rec:
         streams = TrainingStreams(rng, sampler, noise_rng)
         fingerprint = _data_fingerprint(items, offsets)
         first_epoch = self._restore_checkpoint(checkpoint, fingerprint, streams) if resume else 0
-        for epoch in range(first_epoch, self.n_epochs):
-            t0 = time.time()
-            order = rng.permutation(len(offsets) - 1) if self.train_random_order else base_order
-            batches = progress(session_parallel_batches(items, offsets, order, self.batch_size,
-                                                        min_active=2 if self.n_sample == 0 else 1),
-                               len(items) - len(order), f'Epoch{epoch + 1}')
-            if chunk:
-                self._pad_items(True)
-                try:
+        try:
+            for epoch in range(first_epoch, self.n_epochs):
+                t0 = time.time()
+                order = rng.permutation(len(offsets) - 1) if self.train_random_order else base_order
+                batches = progress(session_parallel_batches(items, offsets, order, self.batch_size,
+                                                            min_active=2 if self.n_sample == 0 else 1),
+                                   len(items) - len(order), f'Epoch{epoch + 1}')
+                if chunk:
+                    self._pad_items(True)   # (a no-op while the padding row is still there from the last epoch)
                     sum_cost, n_events, n_steps, bad = self._epoch_chunked(train_fn, batches, chunk, width, sampler,
                                                                            noise_rng, noise_widths)
-                finally:
-                    self._pad_items(False)
-            else:
-                sum_cost, n_events, n_steps, bad = self._epoch_steps(train_fn, batches, width, sampler,
-                                                                     noise_rng, noise_widths)
-            if bad:
-                return self._diverged(epoch, bad)
-            secs = time.time() - t0
-            avg = sum_cost / max(n_events, 1)
-            if math.isnan(avg):
-                return self._diverged(epoch, n_steps)
-            self.epoch_stats_.append({'epoch': epoch + 1, 'loss': avg, 'seconds': secs, 'steps': n_steps, 'events': n_events})
-            print(f'Epoch{epoch + 1} --> loss: {avg:.6f} \t({secs:.2f}s) \t'
-                  f'[{n_steps / secs:.2f} mb/s | {n_events / secs:.0f} e/s]')
-            if checkpoint:
-                self._save_checkpoint(checkpoint, epoch + 1, fingerprint, streams)
-            if epoch_callback is not None and epoch_callback(self, self.epoch_stats_[-1]):
-                break
+                    # the padding row stays between epochs unless something outside training sees the weights:
+                    # removing and re-adding it moves every item matrix through the host (on a GPU: twice per epoch)
+                    if checkpoint or epoch_callback is not None:
+                        self._pad_items(False)
+                else:
+                    sum_cost, n_events, n_steps, bad = self._epoch_steps(train_fn, batches, width, sampler,
+                                                                         noise_rng, noise_widths)
+                if bad:
+                    return self._diverged(epoch, bad)
+                secs = time.time() - t0
+                avg = sum_cost / max(n_events, 1)
+                if math.isnan(avg):
+                    return self._diverged(epoch, n_steps)
+                self.epoch_stats_.append({'epoch': epoch + 1, 'loss': avg, 'seconds': secs, 'steps': n_steps, 'events': n_events})
+                print(f'Epoch{epoch + 1} --> loss: {avg:.6f} \t({secs:.2f}s) \t'
+                      f'[{n_steps / secs:.2f} mb/s | {n_events / secs:.0f} e/s]')
+                if checkpoint:
+                    self._save_checkpoint(checkpoint, epoch + 1, fingerprint, streams)
+                if epoch_callback is not None and epoch_callback(self, self.epoch_stats_[-1]):
+                    break
+        finally:
+            self._pad_items(False)   # no-op after per-step training
         return self
 
     def _epoch_steps(self, fn, batches, width, sampler, noise_rng, noise_widths):

@@ -81,3 +81,19 @@ def test_chunk_argument_errors():
     pytest.importorskip('jax')
     with pytest.raises(GRU4RecError, match='JAX backend trains in chunks only'):
         GRU4Rec(backend='jax').fit(repeated_item_sessions(), chunk=0)
+
+
+def test_padding_row_is_removed_whenever_the_model_is_seen():
+    """Chunked training keeps its padding item row between epochs only while nothing else sees the model:
+    an epoch callback gets the real catalogue (and can predict), and so does the caller after fit."""
+    seen = []
+
+    def callback(model, stats):
+        seen.append((model.get_weights()['Wy'].shape[0], model.n_items))
+        model.predict_next_batch(np.array([1]), np.array([model.itemidmap.index[0]]), batch=1)
+    m = GRU4Rec(layers=[6], batch_size=4, n_sample=5, n_epochs=3, backend='python')
+    m.fit(repeated_item_sessions(), chunk=10, epoch_callback=callback)
+    assert seen == [(12, 12)] * 3 and m.get_weights()['Wy'].shape[0] == 12
+    quiet = GRU4Rec(layers=[6], batch_size=4, n_sample=5, n_epochs=3, backend='python').fit(repeated_item_sessions(), chunk=10)
+    for k, v in quiet.get_weights().items():   # the same training with the row kept between epochs
+        np.testing.assert_array_equal(v, m.get_weights()[k], err_msg=k)
