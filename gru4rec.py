@@ -694,8 +694,10 @@ class GRU4Rec:
         step). 'gpu': drawn inside the compiled step by gpu_ops.SampleItems from a hash of (seed, step), so
         nothing is generated or sent by the host (sample_store is then unused). Same distribution, different
         random numbers. None: the backend's default, custom_opt.STORE_BY_DEFAULT ('cpu' on Numba: its
-        host store is faster than the in-graph draw; 'gpu' on JAX). Returns self. A NaN or infinite loss stops training with a printed message naming
-        the epoch and step; error_during_train is then True and the model refuses to predict or save.
+        host store is faster than the in-graph draw; 'gpu' on JAX).
+
+        Returns self. A NaN or infinite loss stops training with a printed message naming the epoch and
+        step; error_during_train is then True and the model refuses to predict or save.
 
         epoch_callback: called as epoch_callback(model, stats) after every finished epoch (after its
         checkpoint), with stats the epoch's entry of epoch_stats_; the model can predict and be evaluated
