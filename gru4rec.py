@@ -371,7 +371,7 @@ class GRU4Rec:
         instead of the original's (r * h) Wh (False).
     merge_repeated : an item that occurs several times in one minibatch gets one optimiser step with its
         summed gradient, as PyTorch's sparse-gradient optimisers do, instead of the original's step per
-        occurrence (False). Not on the JAX backend yet. See README "Fidelity" for both.
+        occurrence (False). See README "Fidelity" for both.
     session_key, item_key, time_key : column names ('SessionId', 'ItemId', 'Time').
     seed : seeds weight init, negative sampling, dropout and shuffling at every fit (42).
     backend : 'numba' (CPU default), 'jax' or 'python' (slow reference, fast to compile); None = 'numba'.
@@ -708,12 +708,13 @@ class GRU4Rec:
         scan, at a fixed width with masked inactive slots (same losses up to float rounding). None: the
         backend's default, custom_opt.CHUNK_BY_DEFAULT (JAX needs the fixed shapes; on Numba the per-call loop is as
         fast)."""
-        chunk = custom_opt.CHUNK_BY_DEFAULT[self.backend] if chunk is None else _to_int_arg(chunk, 'chunk')
+        backend = custom_opt.check_backend(self.backend)   # None: the default backend
+        chunk = custom_opt.CHUNK_BY_DEFAULT[backend] if chunk is None else _to_int_arg(chunk, 'chunk')
         if chunk < 0:
             raise GRU4RecError(f'chunk must be >= 0 (got {chunk})')
-        if chunk == 0 and self.backend == 'jax':
+        if chunk == 0 and backend == 'jax':
             raise GRU4RecError('The JAX backend trains in chunks only (static shapes): use chunk > 0')
-        store_type = custom_opt.STORE_BY_DEFAULT[self.backend] if store_type is None else store_type
+        store_type = custom_opt.STORE_BY_DEFAULT[backend] if store_type is None else store_type
         if store_type not in ('gpu', 'cpu'):
             raise GRU4RecError(f'Invalid store type {store_type} (use gpu or cpu)')
         if resume and not checkpoint_dir:

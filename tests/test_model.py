@@ -312,3 +312,19 @@ def test_resume_continues_the_in_graph_negative_draws(tmp_path):
     assert not np.array_equal(host.get_weights()['Wy'], full.get_weights()['Wy'])   # other draws
     with pytest.raises(GRU4RecError, match="made with store_type='gpu'"):
         GRU4Rec(**params).fit(data, store_type='cpu', checkpoint_dir=str(tmp_path), resume=True)
+
+
+@pytest.mark.slow
+def test_python_api_with_the_default_backend(tmp_path):
+    """The README's Python flow with no backend given (None = the default, Numba): fit, evaluate, save,
+    load, predict. (fit once failed here looking up per-backend defaults under None.)"""
+    m = GRU4Rec(layers=[8], batch_size=8, n_sample=8, n_epochs=1)
+    assert m.backend is None
+    m.fit(generated_sessions())
+    recall, mrr = evaluation.evaluate_gpu(m, generated_sessions(20, seed=1), cut_off=[5], batch_size=16)
+    assert 0 < recall[0] <= 1 and 0 < mrr[0] <= recall[0]
+    m.savemodel(str(tmp_path / 'm.gru4rec'))
+    loaded = GRU4Rec.loadmodel(str(tmp_path / 'm.gru4rec'))
+    ids = list(loaded.itemidmap.index[:2])
+    np.testing.assert_allclose(loaded.predict_next_batch([1, 2], ids, batch=2).values,
+                               m.predict_next_batch([1, 2], ids, batch=2).values, rtol=1e-6)
