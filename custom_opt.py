@@ -21,6 +21,7 @@ Rewrites (registered in PyTensor's optdb when this module is imported; tag ``gru
   then optimise (also in place) like any other graph.
 """
 import functools
+import re
 
 from pytensor.compile import optdb
 from pytensor.compile.sharedvalue import SharedVariable
@@ -68,9 +69,38 @@ CHUNK_BY_DEFAULT = {'numba': 0, 'jax': 100, 'python': 0}
 STORE_BY_DEFAULT = {'numba': 'cpu', 'jax': 'gpu', 'python': 'cpu'}
 
 
-def compile_mode(backend, fused=None):
+def parse_device(device):
+    """(kind, index) of a device name: None or 'cpu[:N]' -> ('cpu', N or None); 'cuda[:N]', 'cudaN', 'gpu[:N]'
+    (Theano's spelling) -> ('cuda', N or None). ValueError for anything else."""
+    if device is None:
+        return 'cpu', None
+    m = re.fullmatch(r'(cpu|cuda|gpu):?(\d*)', str(device).strip().lower())
+    if not m:
+        raise ValueError(f'unknown device "{device}"; use cpu or cuda[:N]')
+    return ('cpu' if m[1] == 'cpu' else 'cuda'), (int(m[2]) if m[2] else None)
+
+
+def jax_device(device):
+    """The JAX device object of a device name (see parse_device); ValueError with what to do if JAX does not
+    see it (e.g. a CPU-only JAX install)."""
+    import jax
+    kind, index = parse_device(device)
+    try:
+        found = jax.devices('cpu' if kind == 'cpu' else 'gpu')
+    except RuntimeError:   # JAX knows no such platform: a CPU-only install
+        found = []
+    if not found:
+        raise ValueError(f'device "{device}": JAX sees no GPU (its devices: {", ".join(str(d) for d in jax.devices())}); '
+                         f'for NVIDIA GPUs install the GPU extra: pip install ".[gpu]" in the checkout (= pip install "jax[cuda12]")')
+    if (index or 0) >= len(found):
+        raise ValueError(f'device "{device}": JAX sees {len(found)} {kind} device(s) (0..{len(found) - 1})')
+    return found[index or 0]
+
+
+def compile_mode(backend, fused=None, device=None):
     """The PyTensor Mode for a backend name (see check_backend). fused: True puts gpu_ops' fused Ops in
-    place, False keeps the plain graphs, None (default) follows FUSE_BY_DEFAULT."""
+    place, False keeps the plain graphs, None (default) follows FUSE_BY_DEFAULT. device (JAX only; see
+    parse_device): where the compiled functions run; None = JAX's default device."""
     from pytensor.compile.mode import Mode, get_mode
     backend = check_backend(backend)
     mode = get_mode({'numba': 'NUMBA', 'jax': 'JAX', 'python': 'FAST_COMPILE'}[backend])
@@ -80,12 +110,15 @@ def compile_mode(backend, fused=None):
         mode = mode.excluding(FUSED_TAG).including(PLAIN_TAG)
     if backend == 'jax':
         mode = mode.including(JAX_TAG)
-        mode = Mode(linker=_device_jax_linker()(), optimizer=mode.provided_optimizer)
+        mode = Mode(linker=_device_jax_linker(None if device is None else jax_device(device))(),
+                    optimizer=mode.provided_optimizer)
+    elif parse_device(device)[0] != 'cpu':
+        raise ValueError(f'device "{device}" needs the jax backend (the {backend} backend runs on the CPU)')
     return mode
 
 
 @functools.cache
-def _device_jax_linker():
+def _device_jax_linker(device=None):
     """PyTensor's JAXLinker plus two of the three fixes the substrate notes measured on a GPU (the third,
     in-place scatter, is gpu_ops' fused update):
 
@@ -95,7 +128,9 @@ def _device_jax_linker():
     * read-only shared variables (log-popularity, the sampling CDF) are put on the device once per value
       instead of being sent with every call. A new value (set_value) is uploaded on the next call.
 
-    Built on first use so that importing this module does not import JAX."""
+    device: a JAX device, or None for JAX's default; each call runs with it as the default device, so host
+    inputs go there and the computation follows them. One class per device (PyTensor re-creates linkers
+    from their class). Built on first use so that importing this module does not import JAX."""
     from pytensor.link.jax.linker import JAXLinker
 
     class DeviceJAXLinker(JAXLinker):
@@ -110,13 +145,19 @@ def _device_jax_linker():
             on_device = {}   # input index -> (the host value it was made from, its device copy)
 
             def call(*args):
+                if device is not None:
+                    with jax.default_device(device):
+                        return run(args)
+                return run(args)
+
+            def run(args):
                 args = list(args)
                 for i in static:
                     args[i] = int(args[i])
                 for i in constant:
                     host, dev = on_device.get(i, (None, None))
                     if host is not args[i]:
-                        host, dev = on_device[i] = (args[i], jax.device_put(args[i]))
+                        host, dev = on_device[i] = (args[i], jax.device_put(args[i], device))
                     args[i] = dev
                 return jit_fn(*args)
             return call

@@ -68,7 +68,7 @@ DEFAULTS = OrderedDict([
     ('adapt_params', []), ('grad_cap', 0.0), ('bpreg', 1.0), ('logq', 0.0), ('sigma', 0.0),
     ('init_as_normal', False), ('train_random_order', False), ('time_sort', True),
     ('reset_after', False), ('merge_repeated', False), ('session_key', 'SessionId'), ('item_key', 'ItemId'), ('time_key', 'Time'),
-    ('seed', 42), ('backend', None),
+    ('seed', 42), ('backend', None), ('device', None),
 ])
 _BOOL_TEXT = {'true': True, '1': True, 'false': False, '0': False}
 
@@ -96,7 +96,7 @@ def _coerce(name, value, current):
             if value is None or str(value).strip().lower() in ('none', 'sgd', ''):
                 return 'sgd'
             return str(value).strip()
-        if name == 'backend':
+        if name in ('backend', 'device'):
             return None if value is None or str(value).strip().lower() in ('none', '') else str(value).strip().lower()
         if kind is bool:
             if isinstance(value, str):
@@ -178,6 +178,12 @@ def _validate(p):
             custom_opt.check_backend(p['backend'])
         except ValueError as e:
             raise GRU4RecError(f'Invalid value for parameter backend: {e}') from None
+    try:
+        kind, _ = custom_opt.parse_device(p['device'])
+    except ValueError as e:
+        raise GRU4RecError(f'Invalid value for parameter device: {e}') from None
+    if kind != 'cpu' and p['backend'] not in (None, 'jax'):
+        bad('device', f'{p["device"]} needs backend jax (backend {p["backend"]} runs on the CPU)')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +380,10 @@ class GRU4Rec:
         occurrence (False). See README "Fidelity" for both.
     session_key, item_key, time_key : column names ('SessionId', 'ItemId', 'Time').
     seed : seeds weight init, negative sampling, dropout and shuffling at every fit (42).
-    backend : 'numba' (CPU default), 'jax' or 'python' (slow reference, fast to compile); None = 'numba'.
+    backend : 'numba' (CPU default), 'jax' or 'python' (slow reference, fast to compile); None = 'jax' when
+        device is a GPU, else 'numba'.
+    device : where training and prediction run: None (the backend's default device), 'cpu', 'cuda' or
+        'cuda:N' (JAX backend; 'gpu', 'cudaN' also accepted). Not saved with the model: a runtime choice.
     """
 
     _sample_in_graph = False   # set by fit: negatives drawn inside the step (store_type='gpu')
@@ -384,7 +393,8 @@ class GRU4Rec:
                  lmbd=0.0, embedding=0, n_sample=2048, sample_alpha=0.75, smoothing=0.0,
                  constrained_embedding=False, adapt='adagrad', adapt_params=(), grad_cap=0.0, bpreg=1.0,
                  logq=0.0, sigma=0.0, init_as_normal=False, train_random_order=False, time_sort=True,
-                 reset_after=False, merge_repeated=False, session_key='SessionId', item_key='ItemId', time_key='Time', seed=42, backend=None):
+                 reset_after=False, merge_repeated=False, session_key='SessionId', item_key='ItemId', time_key='Time', seed=42, backend=None,
+                 device=None):
         values = dict(locals())
         for name in DEFAULTS:
             setattr(self, name, _coerce(name, values[name], DEFAULTS[name]))
@@ -394,6 +404,18 @@ class GRU4Rec:
         self._pred_state = None
 
     # --- parameters ------------------------------------------------------------------------
+    def _backend(self):
+        """The backend in use: the backend parameter, or its default for the device."""
+        gpu = custom_opt.parse_device(self.device)[0] != 'cpu'
+        return custom_opt.check_backend(self.backend or ('jax' if gpu else None))
+
+    def _mode(self):
+        """The PyTensor compile mode of this model's backend and device."""
+        try:
+            return custom_opt.compile_mode(self._backend(), device=self.device)
+        except ValueError as e:
+            raise GRU4RecError(str(e)) from None
+
     def get_params(self, deep=True):
         """The constructor parameters as a dict (scikit-learn style)."""
         return OrderedDict((name, list(v) if isinstance(v := getattr(self, name), list) else v) for name in DEFAULTS)
@@ -708,7 +730,8 @@ class GRU4Rec:
         scan, at a fixed width with masked inactive slots (same losses up to float rounding). None: the
         backend's default, custom_opt.CHUNK_BY_DEFAULT (JAX needs the fixed shapes; on Numba the per-call loop is as
         fast)."""
-        backend = custom_opt.check_backend(self.backend)   # None: the default backend
+        backend = self._backend()
+        self._mode()   # checks the device (JAX must see it) before anything changes
         chunk = custom_opt.CHUNK_BY_DEFAULT[backend] if chunk is None else _to_int_arg(chunk, 'chunk')
         if chunk < 0:
             raise GRU4RecError(f'chunk must be >= 0 (got {chunk})')
@@ -886,7 +909,8 @@ class GRU4Rec:
             if header.get('format') != MODEL_FORMAT or not ckpt:
                 raise GRU4RecError(f'{fname} is not a GRU4Rec checkpoint')
             mine, theirs = dict(self.get_params()), {**DEFAULTS, **header['params']}   # keys added later: defaults
-            mine.pop('backend'), theirs.pop('backend', None)
+            for runtime in ('backend', 'device'):
+                mine.pop(runtime), theirs.pop(runtime, None)
             if mine != theirs:
                 diff = ', '.join(k for k in mine if mine[k] != theirs.get(k))
                 raise GRU4RecError(f'The checkpoint in {fname} was made with other parameters ({diff})')
@@ -916,7 +940,7 @@ class GRU4Rec:
 
     def _check_memory(self, sample_store):
         parts = self.memory_estimate(self.n_items, sample_store)
-        need, free = sum(parts.values()), available_memory(self.backend == 'jax')
+        need, free = sum(parts.values()), available_memory(self._backend() == 'jax')
         if free is not None and need > free:
             gib = lambda b: f'{b / 2 ** 30:.2f} GiB'
             detail = ', '.join(f'{k} {gib(v)}' for k, v in parts.items())
@@ -950,7 +974,7 @@ class GRU4Rec:
     def _compile_train(self):
         inputs, cost, new_H, updates, noise = self._train_step()
         fn = pytensor.function(inputs, [cost] + new_H, updates=list(updates.items()),
-                               mode=custom_opt.compile_mode(self.backend))
+                               mode=self._mode())
         fn.trust_input = True
         return fn, noise.widths
 
@@ -977,11 +1001,11 @@ class GRU4Rec:
                                     return_updates=False)
             last = [r[-1] for r in results[1:]]
             fn = pytensor.function(seqs + H0, [results[0]] + last[:len(H0)], updates=list(zip(targets, last[len(H0):])),
-                                   mode=custom_opt.compile_mode(self.backend))
+                                   mode=self._mode())
             fn.trust_input = True
             return fn
 
-        return (lambda k: compiled(k if self.backend == 'jax' else None)), noise.widths
+        return (lambda k: compiled(k if self._backend() == 'jax' else None)), noise.widths
 
     def _pad_items(self, pad):
         """Add (pad=True) or remove the padding row that inactive slots of chunked training point at."""
@@ -1044,7 +1068,7 @@ class GRU4Rec:
             outs += [h * (1 - R)[:, None] for h in new_H]
             inputs = [X, Y, R] + ([C] if with_candidates else []) + H
             fn = pytensor.function(inputs, outs, updates=srng.updates,
-                                   mode=custom_opt.compile_mode(self.backend))
+                                   mode=self._mode())
             fn.trust_input = True
             return fn
         return self._compiled(('rank', with_candidates, tiebreak), build)
@@ -1083,7 +1107,7 @@ class GRU4Rec:
             C = pt.ivector('C') if with_c else None
             scores, new_H = self._predict_scores_graph(X, H, C)
             inputs = [X] + ([C] if with_c else []) + H
-            return pytensor.function(inputs, [scores] + new_H, mode=custom_opt.compile_mode(self.backend))
+            return pytensor.function(inputs, [scores] + new_H, mode=self._mode())
         fn = self._compiled(('predict', cand is not None), lambda: build(cand is not None))
         args = [idx.astype(np.int32)] + ([cand.astype(np.int32)] if cand is not None else []) + state['H']
         scores, *H = fn(*args)
@@ -1103,13 +1127,19 @@ class GRU4Rec:
         JSON header, which loads without unpickling anything."""
         self._require_trained()
         if str(fname).endswith(('.pickle', '.pkl')):
-            state = {'format': MODEL_FORMAT, 'version': MODEL_VERSION, 'params': dict(self.get_params()),
+            state = {'format': MODEL_FORMAT, 'version': MODEL_VERSION, 'params': self._saved_params(),
                      'item_ids': np.asarray(self.itemidmap.index), 'item_support': self.item_support,
                      'weights': dict(self.get_weights())}
             atomic_write(fname, lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL))
             return
         header, arrays = self._model_payload()
         _write_safe(fname, header, arrays)
+
+    def _saved_params(self):
+        """Parameters stored in model files: all but the device, which is the loading machine's choice."""
+        params = dict(self.get_params())
+        params.pop('device')
+        return params
 
     def _model_payload(self):
         """(JSON header, arrays) of the safe model format."""
@@ -1120,15 +1150,16 @@ class GRU4Rec:
                                    'save to a .pickle file instead')
             ids = ids.astype(str)
         weights = self.get_weights()
-        header = {'format': MODEL_FORMAT, 'version': MODEL_VERSION, 'params': dict(self.get_params()),
+        header = {'format': MODEL_FORMAT, 'version': MODEL_VERSION, 'params': self._saved_params(),
                   'item_id_kind': 'str' if ids.dtype.kind == 'U' else 'numeric', 'weights': list(weights)}
         arrays = {'item_ids': ids, 'item_support': self.item_support}
         arrays.update({f'w_{k}': v for k, v in weights.items()})
         return header, arrays
 
     @classmethod
-    def loadmodel(cls, fname, backend=None):
-        """Load a model saved by savemodel, recognising the format by its content. The safe format is read
+    def loadmodel(cls, fname, backend=None, device=None):
+        """Load a model saved by savemodel, recognising the format by its content; backend (None: the saved one)
+        and device (None: the backend's default) say where it runs. The safe format is read
         with numpy's allow_pickle=False; a .pickle is read with a loader that accepts plain data only (numpy
         arrays, builtins), so files of the original Theano GRU4Rec or crafted pickles are refused."""
         try:
@@ -1154,6 +1185,7 @@ class GRU4Rec:
         params = dict(state['params'])
         if backend is not None:
             params['backend'] = backend
+        params['device'] = device
         try:
             model = cls(**params)
             ids = state['item_ids']

@@ -67,3 +67,62 @@ def test_jax_mode_donates_updated_buffers_and_keeps_constants_on_device():
         np.testing.assert_allclose(W.get_value(), W0.get_value(), rtol=1e-6)
         if call > 0:   # from the second call on the stored value is a device array: donated
             assert before.is_deleted()
+
+
+def test_device_parameter():
+    """device= picks the backend (a GPU means JAX), is checked at construction, is not saved with the model,
+    and a GPU that JAX does not see is one clear error at fit that leaves the model untouched."""
+    with pytest.raises(GRU4RecError, match='Invalid value for parameter device: unknown device "tpu"'):
+        GRU4Rec(device='tpu')
+    with pytest.raises(GRU4RecError, match='needs backend jax'):
+        GRU4Rec(device='cuda:0', backend='numba')
+    m = GRU4Rec(device='CUDA1')
+    assert m.get_params()['device'] == 'cuda1' and m._backend() == 'jax'
+    assert GRU4Rec(device='cpu')._backend() == 'numba'
+    if any(d.platform == 'gpu' for d in jax.devices()):
+        pytest.skip('this machine has a GPU')
+    with pytest.raises(GRU4RecError, match=r'JAX sees no GPU .*pip install "jax\[cuda12\]"'):
+        m.fit(generated_sessions())
+    assert not hasattr(m, 'weights')
+
+
+def test_model_files_do_not_carry_the_device(model_file, tmp_path):
+    m = GRU4Rec.loadmodel(model_file, backend='jax', device='cpu')
+    assert m.device == 'cpu'
+    m.savemodel(str(tmp_path / 'again.gru4rec'))
+    assert GRU4Rec.loadmodel(str(tmp_path / 'again.gru4rec')).device is None
+
+
+def test_training_runs_on_the_chosen_device(tmp_path):
+    """With two (virtual) CPU devices, device='cpu:1' trains there (the trained item matrices live on
+    device 1 before fit hands them back) and gives the weights of training on device 0."""
+    import os
+    import subprocess
+    import sys
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script = f'''
+import sys
+sys.path[:0] = [{tests!r}, {os.path.dirname(tests)!r}]
+import numpy as np
+from test_model import generated_sessions
+from gru4rec import GRU4Rec
+seen = []
+unpad = GRU4Rec._pad_items
+def spy(self, pad):
+    value = self._item_vars[0].get_value(borrow=True)
+    if not pad and hasattr(value, 'devices'):
+        seen.append(next(iter(value.devices())).id)
+    return unpad(self, pad)
+GRU4Rec._pad_items = spy
+params = dict(layers=[6], batch_size=4, n_sample=5, n_epochs=2, backend='jax')
+one = GRU4Rec(device='cpu:1', **params).fit(generated_sessions())
+zero = GRU4Rec(**params).fit(generated_sessions())
+assert seen == [1, 0], seen
+for k, v in one.get_weights().items():
+    np.testing.assert_array_equal(v, zero.get_weights()[k], err_msg=k)
+one.predict_next_batch([1], [one.itemidmap.index[0]], batch=1)
+print('OK')
+'''
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
+    r = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith('OK'), r.stderr[-3000:]
