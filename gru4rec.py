@@ -839,6 +839,7 @@ class GRU4Rec:
         the padding item (index n_items) with A = 0. Returns what _epoch_steps returns."""
         H = [np.zeros((width, u), dtype=FLOAT) for u in self.layers]
         active = np.arange(width)                      # row of each active slot, in slot order
+        all_on = np.ones(width, dtype=FLOAT)
         sum_cost, n_events, n_steps = 0.0, 0, 0
         steps, sizes = [], []
         pending = None   # (costs, sizes) of the call whose costs have not been read yet
@@ -870,15 +871,19 @@ class GRU4Rec:
         for inp, out, reset, keep in batches:
             if keep is not None:
                 active = active[keep]
-            x = np.full(width, self.n_items, dtype=np.int32)
-            t, r, a = x.copy(), np.ones(width, dtype=FLOAT), np.zeros(width, dtype=FLOAT)
-            x[active], t[active], r[active], a[active] = inp, out, reset, 1
+            if len(active) == width:   # all slots active (most steps): the arrays as they come, no scatter
+                x, t, r, a = inp.astype(np.int32, copy=False), out.astype(np.int32, copy=False), reset.astype(FLOAT), all_on
+                noise = [noise_rng.random((width, w), dtype=np.float32) for w in noise_widths]
+            else:
+                x = np.full(width, self.n_items, dtype=np.int32)
+                t, r, a = x.copy(), np.ones(width, dtype=FLOAT), np.zeros(width, dtype=FLOAT)
+                x[active], t[active], r[active], a[active] = inp, out, reset, 1
+                noise = []
+                for w in noise_widths:   # the per-step loop's draws, in the active rows
+                    u = np.zeros((width, w), dtype=FLOAT)
+                    u[active] = noise_rng.random((len(inp), w), dtype=np.float32)
+                    noise.append(u)
             y = (t,) if sampler is None else sampler.inputs(t)
-            noise = []
-            for w in noise_widths:
-                u = np.zeros((width, w), dtype=FLOAT)
-                u[active] = noise_rng.random((len(inp), w), dtype=np.float32)
-                noise.append(u)
             steps.append((x, *y, r, a, *noise))
             sizes.append(len(inp))
             if len(steps) == chunk and (bad := run()):
