@@ -23,6 +23,8 @@ SampleItems: negative samples drawn inside the compiled step (the original's GPU
 the store): n item indices from a popularity CDF, with uniforms from a counter-based hash of (seed, step),
 so a step's draw is a pure function of its number -- identical on numpy, Numba and JAX, nothing to
 transfer per step, and reproducible after a resume.
+
+HashUniforms: the dropout noise the same way, one row per session slot: (seed, step, stream, slot, column).
 """
 import functools
 from collections import namedtuple
@@ -596,7 +598,18 @@ def sample_from_cdf(cdf, seed, step, n, xp=np):
     return xp.minimum(idx, len(cdf) - 1).astype(xp.int32)
 
 
-class SampleItems(Op):
+class _HashDraw(Op):
+    """An Op whose output is a draw from a hash of its inputs: no gradient flows to any input."""
+
+    def grad(self, inputs, output_grads):
+        from pytensor.gradient import disconnected_type
+        return [disconnected_type() for _ in inputs]
+
+    def connection_pattern(self, node):
+        return [[False] for _ in node.inputs]
+
+
+class SampleItems(_HashDraw):
     """(cdf: float32 vector, seed: uint32 scalar, step: uint32 scalar) -> n int32 item indices. No gradient
     (the indices are integers; the scores of the sampled items get theirs through the gathers)."""
     __props__ = ('n',)
@@ -613,21 +626,14 @@ class SampleItems(Op):
     def infer_shape(self, node, shapes):
         return [(self.n,)]
 
-    def grad(self, inputs, output_grads):
-        from pytensor.gradient import disconnected_type
-        return [disconnected_type() for _ in inputs]
-
-    def connection_pattern(self, node):
-        return [[False] for _ in node.inputs]
-
     def perform(self, node, inputs, outputs):
         cdf, seed, step = inputs
         outputs[0][0] = sample_from_cdf(cdf, np.uint32(seed), np.uint32(step), self.n)
 
 
 @functools.cache
-def _numba_sample_kernel():
-    """sample_from_cdf as a Numba loop: the same hash in uint64 arithmetic masked to 32 bits."""
+def _numba_lowbias32():
+    """_lowbias32 on one uint64 holding a 32-bit value (Numba)."""
     import numba
     M = np.uint64(0xFFFFFFFF)
 
@@ -638,6 +644,15 @@ def _numba_sample_kernel():
         x ^= x >> np.uint64(15)
         x = (x * np.uint64(0x846ca68b)) & M
         return x ^ (x >> np.uint64(16))
+    return lowbias32
+
+
+@functools.cache
+def _numba_sample_kernel():
+    """sample_from_cdf as a Numba loop: the same hash in uint64 arithmetic masked to 32 bits."""
+    import numba
+    M = np.uint64(0xFFFFFFFF)
+    lowbias32 = _numba_lowbias32()
 
     @numba.njit(cache=True, nogil=True)
     def kernel(cdf, seed, step, n):
@@ -677,15 +692,93 @@ def _jax_funcify_sample_items(op, node=None, **kwargs):
     return sample_items
 
 
+def hash_uniform_rows(seed, step, stream, slots, width, xp=np):
+    """(len(slots), width) float32 uniforms in [0, 1): element (i, c) a pure function of (seed, step,
+    stream, slots[i], c), so a slot's noise does not depend on which other slots are active."""
+    u = xp.uint32
+    n = slots.shape[0]
+    key = _lowbias32(xp.full(n, step, dtype=xp.uint32) * u(0x9e3779b9) + u(seed), xp)
+    key = _lowbias32(key ^ (u(stream) * u(0x85ebca6b)), xp)
+    row_key = _lowbias32(key + slots.astype(xp.uint32) * u(0xc2b2ae35), xp)[:, None]        # (n, 1)
+    cols = xp.arange(width, dtype=xp.uint32)[None, :]
+    h = _lowbias32(_lowbias32(cols ^ row_key, xp) + row_key, xp)
+    return (h >> u(8)).astype(xp.float32) * xp.float32(2.0 ** -24)
+
+
+class HashUniforms(_HashDraw):
+    """(seed: uint32 scalar, step: uint32 scalar, slots: int32 vector) -> float32 (len(slots), width)
+    uniforms of hash_uniform_rows for noise stream `stream`. No gradient."""
+    __props__ = ('width', 'stream')
+
+    def __init__(self, width, stream):
+        self.width, self.stream = int(width), int(stream)
+
+    def make_node(self, seed, step, slots):
+        seed, step, slots = (pt.as_tensor_variable(v) for v in (seed, step, slots))
+        if seed.ndim or step.ndim or seed.dtype != 'uint32' or step.dtype != 'uint32' or slots.ndim != 1 \
+                or slots.dtype != 'int32':
+            raise TypeError('HashUniforms takes (seed: uint32 scalar, step: uint32 scalar, slots: int32 vector)')
+        return Apply(self, [seed, step, slots], [pt.tensor(dtype=FLOAT, shape=(slots.type.shape[0], self.width))])
+
+    def infer_shape(self, node, shapes):
+        return [(shapes[2][0], self.width)]
+
+    def perform(self, node, inputs, outputs):
+        seed, step, slots = inputs
+        outputs[0][0] = hash_uniform_rows(np.uint32(seed), np.uint32(step), self.stream, slots, self.width)
+
+
+@functools.cache
+def _numba_uniform_kernel():
+    """hash_uniform_rows as a Numba loop (uint64 arithmetic masked to 32 bits, as _numba_sample_kernel)."""
+    import numba
+    M = np.uint64(0xFFFFFFFF)
+    lowbias32 = _numba_lowbias32()
+
+    @numba.njit(cache=True, nogil=True)
+    def kernel(seed, step, stream, slots, width):
+        key = lowbias32((np.uint64(step) * np.uint64(0x9e3779b9) + np.uint64(seed)) & M)
+        key = lowbias32(key ^ ((np.uint64(stream) * np.uint64(0x85ebca6b)) & M))
+        out = np.empty((len(slots), width), dtype=np.float32)
+        for i in range(len(slots)):
+            rk = lowbias32((key + np.uint64(slots[i]) * np.uint64(0xc2b2ae35)) & M)
+            for c in range(width):
+                h = lowbias32((lowbias32(np.uint64(c) ^ rk) + rk) & M)
+                out[i, c] = np.float32(h >> np.uint64(8)) * np.float32(2.0 ** -24)
+        return out
+    return kernel
+
+
+def _numba_funcify_hash_uniforms(op, node=None, **kwargs):
+    from pytensor.link.numba.dispatch.basic import numba_njit
+    kernel, width, stream = _numba_uniform_kernel(), op.width, op.stream
+
+    @numba_njit
+    def hash_uniforms_(seed, step, slots):
+        return kernel(seed.item(), step.item(), stream, slots, width)
+    return hash_uniforms_, _source_salt()
+
+
+def _jax_funcify_hash_uniforms(op, node=None, **kwargs):
+    import jax.numpy as jnp
+    width, stream = op.width, op.stream
+
+    def hash_uniforms_(seed, step, slots):
+        return hash_uniform_rows(seed, step, stream, slots, width, jnp)
+    return hash_uniforms_
+
+
 def _register_sample_items():
     try:
         from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
         register_funcify_default_op_cache_key(SampleItems)(_numba_funcify_sample_items)
+        register_funcify_default_op_cache_key(HashUniforms)(_numba_funcify_hash_uniforms)
     except ImportError:
         pass
     try:
         from pytensor.link.jax.dispatch import jax_funcify
         jax_funcify.register(SampleItems)(_jax_funcify_sample_items)
+        jax_funcify.register(HashUniforms)(_jax_funcify_hash_uniforms)
     except ImportError:
         pass
 

@@ -386,7 +386,7 @@ class GRU4Rec:
         'cuda:N' (JAX backend; 'gpu', 'cudaN' also accepted). Not saved with the model: a runtime choice.
     """
 
-    _sample_in_graph = False   # set by fit: negatives drawn inside the step (store_type='gpu')
+    _random_in_graph = False   # set by fit: negatives and dropout noise drawn inside the step (store_type='gpu')
 
     def __init__(self, loss='bpr-max', final_act='linear', hidden_act='tanh', layers=(100,), n_epochs=10,
                  batch_size=32, dropout_p_hidden=0.0, dropout_p_embed=0.0, learning_rate=0.1, momentum=0.0,
@@ -587,9 +587,12 @@ class GRU4Rec:
         def vector(name, dtype, extra=0):   # length M (any) or width + extra (static)
             return pt.tensor(name, dtype=dtype, shape=(width + extra if masked else None,))
         X = vector('X', 'int32')                          # M input items
-        if self._sample_in_graph:   # M targets; the negatives of step S are drawn here (gpu_ops.SampleItems)
+        if self._random_in_graph:   # M targets; negatives and dropout noise of step S are drawn in the graph
             T, S = vector('Y', 'int32'), pt.scalar('S', dtype='uint32')
-            Y = pt.concatenate([T, gpu_ops.SampleItems(self.n_sample)(self._sample_cdf, self._sample_seed, S)])
+            Y = T
+            if self.n_sample > 0:
+                Y = pt.concatenate([T, gpu_ops.SampleItems(self.n_sample)(self._sample_cdf, self._sample_seed, S)])
+            noise.hash_with(self._sample_seed, S)
             sample_inputs = [T, S]
         else:                       # M targets + n_sample negatives
             Y = vector('Y', 'int32', self.n_sample)
@@ -713,8 +716,9 @@ class GRU4Rec:
 
         store_type: where the negative samples come from. 'cpu': a store of `sample_store` item indices
         drawn with numpy on the host, one row of n_sample per step, regenerated when used up (0 = draw every
-        step). 'gpu': drawn inside the compiled step by gpu_ops.SampleItems from a hash of (seed, step), so
-        nothing is generated or sent by the host (sample_store is then unused). Same distribution, different
+        step). 'gpu': drawn inside the compiled step by gpu_ops.SampleItems from a hash of (seed, step), as
+        are the dropout masks (gpu_ops.HashUniforms), so nothing is generated or sent by the host per step
+        (sample_store is then unused). Same distribution, different
         random numbers. None: the backend's default, custom_opt.STORE_BY_DEFAULT ('cpu' on Numba: its
         host store is faster than the in-graph draw; 'gpu' on JAX).
 
@@ -761,20 +765,21 @@ class GRU4Rec:
         self.itemidmap = pd.Series(np.arange(len(itemids), dtype=np.int32), index=itemids, name='ItemIdx')
         self.n_items = len(itemids)
         items, offsets, times = self._sort_and_index(data)
-        self._sample_in_graph = store_type == 'gpu' and self.n_sample > 0
+        self._random_in_graph = store_type == 'gpu'
         self._check_memory(sample_store if store_type == 'cpu' else 0)
         rng = np.random.RandomState(self.seed)   # the original's init draws for seed 42
         self._setup(np.bincount(items, minlength=self.n_items), rng)
         sampler = None
-        if self._sample_in_graph:
-            sampler = GraphSampler(np.random.default_rng([self.seed, 1]))
-            self._sample_cdf = pytensor.shared(sampling_cdf(self.item_support, self.sample_alpha).astype(FLOAT), name='cdf')
+        if self._random_in_graph:
+            sampler = GraphSampler(np.random.default_rng([self.seed, 1]), self.n_sample > 0)
             self._sample_seed = pytensor.shared(sampler.seed, name='sample_seed')
+            if self.n_sample > 0:
+                self._sample_cdf = pytensor.shared(sampling_cdf(self.item_support, self.sample_alpha).astype(FLOAT), name='cdf')
         elif self.n_sample > 0:
             sampler = NegativeSampler(self.item_support, self.sample_alpha, self.n_sample, sample_store,
                                       np.random.default_rng([self.seed, 1]))
         width = min(self.batch_size, len(offsets) - 1)
-        train_fn, noise_widths = self._compile_train_chunked(width) if chunk else self._compile_train()
+        train_fn, noise = self._compile_train_chunked(width) if chunk else self._compile_train()
         noise_rng = np.random.default_rng([self.seed, 2])
         base_order = np.argsort(times[offsets[:-1]]) if self.time_sort else np.arange(len(offsets) - 1)
         streams = TrainingStreams(rng, sampler, noise_rng)
@@ -790,14 +795,14 @@ class GRU4Rec:
                 if chunk:
                     self._pad_items(True)   # (a no-op while the padding row is still there from the last epoch)
                     sum_cost, n_events, n_steps, bad = self._epoch_chunked(train_fn, batches, chunk, width, sampler,
-                                                                           noise_rng, noise_widths)
+                                                                           noise_rng, noise)
                     # the padding row stays between epochs unless something outside training sees the weights:
                     # removing and re-adding it moves every item matrix through the host (on a GPU: twice per epoch)
                     if checkpoint or epoch_callback is not None:
                         self._pad_items(False)
                 else:
                     sum_cost, n_events, n_steps, bad = self._epoch_steps(train_fn, batches, width, sampler,
-                                                                         noise_rng, noise_widths)
+                                                                         noise_rng, noise)
                 if bad:
                     return self._diverged(epoch, bad)
                 secs = time.time() - t0
@@ -815,17 +820,18 @@ class GRU4Rec:
             self._pad_items(False)   # no-op after per-step training
         return self
 
-    def _epoch_steps(self, fn, batches, width, sampler, noise_rng, noise_widths):
+    def _epoch_steps(self, fn, batches, width, sampler, noise_rng, noise):
         """One epoch, one compiled call per minibatch. Returns (sum of cost * M, events, steps, step of
         the first non-finite cost or None)."""
         H = [np.zeros((width, u), dtype=FLOAT) for u in self.layers]
+        active = np.arange(width)                      # slot id of each row
         sum_cost, n_events, n_steps = 0.0, 0, 0
         for inp, out, reset, keep in batches:
             if keep is not None:
                 H = [h[keep] for h in H]
+                active = active[keep]
             y = (out,) if sampler is None else sampler.inputs(out)
-            noise = [noise_rng.random((len(inp), w), dtype=np.float32) for w in noise_widths]
-            cost, *H = fn(inp, *y, reset.astype(FLOAT), *noise, *H)
+            cost, *H = fn(inp, *y, reset.astype(FLOAT), *noise.step_values(noise_rng, active), *H)
             sum_cost += float(cost) * len(inp)
             n_events += len(inp)
             n_steps += 1
@@ -833,7 +839,7 @@ class GRU4Rec:
                 return sum_cost, n_events, n_steps, n_steps
         return sum_cost, n_events, n_steps, None
 
-    def _epoch_chunked(self, fn, batches, chunk, width, sampler, noise_rng, noise_widths):
+    def _epoch_chunked(self, fn, batches, chunk, width, sampler, noise_rng, noise):
         """One epoch, `chunk` minibatches per compiled call (see _compile_train_chunked). The shrinking
         minibatches become fixed-width ones: slot s stays row s, and the rows of finished slots point at
         the padding item (index n_items) with A = 0. Returns what _epoch_steps returns."""
@@ -873,18 +879,12 @@ class GRU4Rec:
                 active = active[keep]
             if len(active) == width:   # all slots active (most steps): the arrays as they come, no scatter
                 x, t, r, a = inp.astype(np.int32, copy=False), out.astype(np.int32, copy=False), reset.astype(FLOAT), all_on
-                noise = [noise_rng.random((width, w), dtype=np.float32) for w in noise_widths]
             else:
                 x = np.full(width, self.n_items, dtype=np.int32)
                 t, r, a = x.copy(), np.ones(width, dtype=FLOAT), np.zeros(width, dtype=FLOAT)
                 x[active], t[active], r[active], a[active] = inp, out, reset, 1
-                noise = []
-                for w in noise_widths:   # the per-step loop's draws, in the active rows
-                    u = np.zeros((width, w), dtype=FLOAT)
-                    u[active] = noise_rng.random((len(inp), w), dtype=np.float32)
-                    noise.append(u)
             y = (t,) if sampler is None else sampler.inputs(t)
-            steps.append((x, *y, r, a, *noise))
+            steps.append((x, *y, r, a, *noise.step_values(noise_rng, active)))
             sizes.append(len(inp))
             if len(steps) == chunk and (bad := run()):
                 return sum_cost, n_events, n_steps, bad
@@ -981,7 +981,7 @@ class GRU4Rec:
         fn = pytensor.function(inputs, [cost] + new_H, updates=list(updates.items()),
                                mode=self._mode())
         fn.trust_input = True
-        return fn, noise.widths
+        return fn, noise
 
     def _compile_train_chunked(self, width):
         """Training K minibatches per call: a scan over fixed-width masked steps (_train_graph with a width).
@@ -1010,7 +1010,7 @@ class GRU4Rec:
             fn.trust_input = True
             return fn
 
-        return (lambda k: compiled(k if self._backend() == 'jax' else None)), noise.widths
+        return (lambda k: compiled(k if self._backend() == 'jax' else None)), noise
 
     def _pad_items(self, pad):
         """Add (pad=True) or remove the padding row that inactive slots of chunked training point at."""
@@ -1297,13 +1297,14 @@ def sampling_cdf(support, alpha):
 
 
 class GraphSampler:
-    """store_type='gpu': the negatives are drawn inside the compiled step from (seed, step number) by
-    gpu_ops.SampleItems; the host only numbers the steps (one counter over all epochs, as the original's
-    store pointer, so a resumed run continues the same draws)."""
+    """store_type='gpu': the negatives (gpu_ops.SampleItems) and the dropout noise (gpu_ops.HashUniforms)
+    are drawn inside the compiled step from (seed, step number); the host only numbers the steps (one
+    counter over all epochs, as the original's store pointer, so a resumed run continues the same draws)."""
 
-    def __init__(self, rng):
+    def __init__(self, rng, negatives=True):
         self.seed, self.step = rng.integers(2 ** 32, dtype=np.uint32), 0
-        print('Negative samples are drawn inside the training step (type=GPU)')
+        if negatives:
+            print('Negative samples are drawn inside the training step (type=GPU)')
 
     def inputs(self, targets):
         """The step's target and sample inputs: targets and the step number."""
@@ -1416,16 +1417,44 @@ def _guided_search():
 
 
 class NoiseInputs:
-    """Uniform noise for the dropout masks, as graph inputs (M x width each) that the training loop fills
-    from a seeded numpy Generator: on the Numba backend this is much cheaper than an in-graph generator."""
+    """Uniform noise for the dropout masks (M x width each). By default graph inputs that the training loop
+    fills from a seeded numpy Generator (on Numba much cheaper than PyTensor's in-graph generator); after
+    hash_with(seed, step), drawn inside the graph by gpu_ops.HashUniforms per session slot (store_type='gpu':
+    nothing to generate or send per step). step_values() gives the loop's values for `inputs`."""
 
     def __init__(self, rows=None):
         self.inputs, self.widths, self.rows = [], [], rows   # rows: static M (fixed-width steps) or None
+        self.hashed = None
+
+    def hash_with(self, seed, step):
+        """Draw in the graph from (seed, step): fixed-width steps hash slot = row; per-step graphs take the
+        active slots' ids as an input, so both give a slot the same noise."""
+        slots = (pt.tensor('slots', dtype='int32', shape=(None,)) if self.rows is None
+                 else pt.as_tensor_variable(np.arange(self.rows, dtype=np.int32)))
+        self.hashed = (seed, step, slots)
 
     def uniform(self, width):
-        self.inputs.append(pt.tensor(f'U{len(self.inputs)}', dtype=FLOAT, shape=(self.rows, None)))
         self.widths.append(width)
+        if self.hashed is not None:
+            seed, step, slots = self.hashed
+            if self.rows is None and not self.inputs:
+                self.inputs.append(slots)
+            return gpu_ops.HashUniforms(width, len(self.widths))(seed, step, slots)
+        self.inputs.append(pt.tensor(f'U{len(self.inputs)}', dtype=FLOAT, shape=(self.rows, None)))
         return self.inputs[-1]
+
+    def step_values(self, rng, active):
+        """Values of `inputs` for one step whose active slots are `active` (ascending slot ids)."""
+        if self.hashed is not None:
+            return [active.astype(np.int32)] if self.inputs else []
+        if self.rows is None or len(active) == self.rows:   # the active rows as they come
+            return [rng.random((len(active), w), dtype=np.float32) for w in self.widths]
+        values = []
+        for w in self.widths:   # fixed width: the same draws, in the active slots' rows
+            u = np.zeros((self.rows, w), dtype=FLOAT)
+            u[active] = rng.random((len(active), w), dtype=np.float32)
+            values.append(u)
+        return values
 
 
 def available_memory(accelerator=False):

@@ -58,8 +58,9 @@ def assert_same_training(a, b, loss_rtol, weight_atol):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('params', [dict(), dict(loss='cross-entropy', final_act='softmax', logq=1.0,
-                                                  constrained_embedding=True, dropout_p_embed=0.2),
-                                    dict(merge_repeated=True, reset_after=True)])
+                                                  constrained_embedding=True, dropout_p_embed=0.2, dropout_p_hidden=0.3),
+                                    dict(merge_repeated=True, reset_after=True),
+                                    dict(n_sample=0, dropout_p_hidden=0.3)])
 @pytest.mark.parametrize('store_type', ['cpu', 'gpu'])
 def test_chunked_equals_per_step_on_numba(params, store_type):
     per_step, chunked = fit('numba', 0, store_type=store_type, **params), fit('numba', 64, store_type=store_type, **params)
@@ -67,7 +68,8 @@ def test_chunked_equals_per_step_on_numba(params, store_type):
     assert_same_training(per_step, chunked, 1e-5, 1e-5)
 
 
-@pytest.mark.parametrize('store_type,params', [('cpu', {}), ('gpu', {}), ('gpu', dict(merge_repeated=True))])
+@pytest.mark.parametrize('store_type,params', [('cpu', {}), ('gpu', {}),
+                                               ('gpu', dict(merge_repeated=True, dropout_p_hidden=0.3))])
 def test_jax_training_matches_numba(store_type, params):   # host store; negatives drawn inside the step
     pytest.importorskip('jax')
     numba, jax = fit('numba', 0, store_type=store_type, **params), fit('jax', 25, store_type=store_type, **params)
@@ -97,3 +99,15 @@ def test_padding_row_is_removed_whenever_the_model_is_seen():
     quiet = GRU4Rec(layers=[6], batch_size=4, n_sample=5, n_epochs=3, backend='python').fit(repeated_item_sessions(), chunk=10)
     for k, v in quiet.get_weights().items():   # the same training with the row kept between epochs
         np.testing.assert_array_equal(v, m.get_weights()[k], err_msg=k)
+
+
+def test_in_graph_dropout_noise_is_used():
+    """store_type='gpu' draws the dropout masks in the graph: the same run twice gives the same model, and
+    the masks change training (against no dropout)."""
+    base = dict(layers=[8], batch_size=4, n_sample=5, n_epochs=1, backend='python')
+    data = repeated_item_sessions().iloc[:400]
+    runs = {}
+    for name, p in [('none', 0.0), ('graph', 0.5), ('graph2', 0.5)]:
+        runs[name] = GRU4Rec(dropout_p_hidden=p, **base).fit(data, store_type='gpu').get_weights()['Wh0']
+    assert np.array_equal(runs['graph'], runs['graph2'])          # reproducible
+    assert not np.allclose(runs['graph'], runs['none'], atol=1e-4)  # the masks act

@@ -253,3 +253,26 @@ def test_sample_items_is_identical_on_every_backend(backend):
         got = np.asarray(fn(cdf, np.uint32(seed), np.uint32(step)))
         assert got.dtype == np.int32 and np.array_equal(got, expected)
         assert not np.any((expected >= 100) & (expected < 200)) and expected.max() < 5000
+
+
+@pytest.mark.parametrize('backend', ['numba', 'jax'])
+def test_hash_uniforms_are_identical_on_every_backend_and_per_slot(backend):
+    """Dropout noise drawn in the graph: equal to the numpy reference bit for bit; a slot's row depends on
+    its slot id (not its position among the active slots), the step and the stream; values look uniform."""
+    if backend == 'jax':
+        pytest.importorskip('jax')
+    seed, step, slots = pt.scalar('seed', dtype='uint32'), pt.scalar('step', dtype='uint32'), pt.ivector('slots')
+    out = gpu_ops.HashUniforms(300, 2)(seed, step, slots)
+    ref_fn = pytensor.function([seed, step, slots], out, mode='FAST_COMPILE')
+    fn = pytensor.function([seed, step, slots], out, mode=custom_opt.compile_mode(backend))
+    all_slots = np.arange(32, dtype=np.int32)
+    for s, t in [(0, 0), (42, 7), (2 ** 32 - 1, 2 ** 32 - 1)]:
+        full = ref_fn(np.uint32(s), np.uint32(t), all_slots)
+        assert np.array_equal(np.asarray(fn(np.uint32(s), np.uint32(t), all_slots)), full)
+        some = np.array([3, 17, 30], dtype=np.int32)
+        assert np.array_equal(ref_fn(np.uint32(s), np.uint32(t), some), full[some])
+    u = ref_fn(np.uint32(1), np.uint32(5), all_slots)
+    assert u.dtype == np.float32 and 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.01
+    assert not np.array_equal(u, ref_fn(np.uint32(1), np.uint32(6), all_slots))
+    other = pytensor.function([seed, step, slots], gpu_ops.HashUniforms(300, 3)(seed, step, slots), mode='FAST_COMPILE')
+    assert abs(np.corrcoef(u.ravel(), other(np.uint32(1), np.uint32(5), all_slots).ravel())[0, 1]) < 0.02

@@ -95,12 +95,12 @@ def reference_step(m, mode, opt, H, noise):
 
 
 def check_steps(m, mode, n_steps=1, rtol=2e-4, atol=2e-6):
-    fn, noise_widths = m._compile_train()
+    fn, noise_inputs = m._compile_train()
     opt = ref.Optimiser(m.get_weights(), cfg_of(m, mode))
     H = states(m)
     rng = np.random.RandomState(5)
     for _ in range(n_steps):
-        noise = [rng.rand(len(X), w).astype('float32') for w in noise_widths]
+        noise = [rng.rand(len(X), w).astype("float32") for w in noise_inputs.widths]
         cost, *H_new = fn(X, Y, R, *noise, *H)
         exp_cost, exp_H = reference_step(m, mode, opt, H, noise)
         np.testing.assert_allclose(cost, exp_cost, rtol=rtol, atol=atol)
@@ -147,7 +147,7 @@ def test_dropout_masks_from_noise_inputs(mode):
     """Dropout on the embedding (not in one-hot mode) and on every layer's output, which is also the carried
     state; the masks come from the noise inputs, and the gradient flows through the kept units only."""
     m = tiny_model(mode, layers=(3, 4), dropout_p_embed=0.3, dropout_p_hidden=0.25, adapt='sgd', learning_rate=0.5)
-    assert m._compile_train()[1] == ([3] if mode == 'separate' else [4] if mode == 'shared' else []) + [3, 4]
+    assert m._compile_train()[1].widths == ([3] if mode == 'separate' else [4] if mode == 'shared' else []) + [3, 4]
     check_steps(m, mode)
 
 
