@@ -718,9 +718,9 @@ class GRU4Rec:
         drawn with numpy on the host, one row of n_sample per step, regenerated when used up (0 = draw every
         step). 'gpu': drawn inside the compiled step by gpu_ops.SampleItems from a hash of (seed, step), as
         are the dropout masks (gpu_ops.HashUniforms), so nothing is generated or sent by the host per step
-        (sample_store is then unused). Same distribution, different
-        random numbers. None: the backend's default, custom_opt.STORE_BY_DEFAULT ('cpu' on Numba: its
-        host store is faster than the in-graph draw; 'gpu' on JAX).
+        (sample_store is then unused). Same distribution, different random numbers. None: the backend's
+        default, custom_opt.STORE_BY_DEFAULT ('cpu' on Numba: its host store is faster than the in-graph
+        draw; 'gpu' on JAX).
 
         Returns self. A NaN or infinite loss stops training with a printed message naming the epoch and
         step; error_during_train is then True and the model refuses to predict or save.
@@ -985,10 +985,11 @@ class GRU4Rec:
 
     def _compile_train_chunked(self, width):
         """Training K minibatches per call: a scan over fixed-width masked steps (_train_graph with a width).
-        Returns (compiled, noise widths); compiled(K) is the function for K steps, with inputs the per-step
-        sequences X (K x B), Y (K x B+n_sample), R, A (K x B), noise (K x B x width) and the initial states
-        H (B x L_i), and outputs the K costs and the final states. Numba compiles one function for any K;
-        JAX (static shapes) one per K: the full chunk and the shorter last chunk of an epoch."""
+        Returns (compiled, NoiseInputs); compiled(K) is the function for K steps, with inputs the per-step
+        sequences of _train_graph's step inputs (X, Y, [S,] R, A: K x B, or K x (B + n_sample) for Y with
+        host negatives; host noise K x B x width) and the initial states H (B x L_i), and outputs the K
+        costs and the final states. Numba compiles one function for any K; JAX (static shapes) one per K:
+        the full chunk and the shorter last chunk of an epoch."""
         inputs, cost, new_H, updates, noise = self._train_step(width)
         n_seq = len(inputs) - len(self.layers)
         targets = list(updates)
@@ -1010,7 +1011,8 @@ class GRU4Rec:
             fn.trust_input = True
             return fn
 
-        return (lambda k: compiled(k if self._backend() == 'jax' else None)), noise
+        static_k = self._backend() == 'jax'
+        return (lambda k: compiled(k if static_k else None)), noise
 
     def _pad_items(self, pad):
         """Add (pad=True) or remove the padding row that inactive slots of chunked training point at."""
@@ -1300,6 +1302,7 @@ class GraphSampler:
     """store_type='gpu': the negatives (gpu_ops.SampleItems) and the dropout noise (gpu_ops.HashUniforms)
     are drawn inside the compiled step from (seed, step number); the host only numbers the steps (one
     counter over all epochs, as the original's store pointer, so a resumed run continues the same draws)."""
+    kind = 'gpu'
 
     def __init__(self, rng, negatives=True):
         self.seed, self.step = rng.integers(2 ** 32, dtype=np.uint32), 0
@@ -1310,8 +1313,6 @@ class GraphSampler:
         """The step's target and sample inputs: targets and the step number."""
         self.step += 1
         return targets, np.uint32((self.step - 1) % 2 ** 32)
-
-    kind = 'gpu'
 
     def get_state(self):
         return {'kind': self.kind, 'step': self.step}, {}
@@ -1324,6 +1325,7 @@ class NegativeSampler:
     """store_type='cpu': shared negative samples, item indices drawn with numpy with probability
     ~ support ** alpha, served one row of n_sample per step from a store of `store_size // n_sample` rows
     that is regenerated when used up (or drawn every step without a store)."""
+    kind = 'cpu'
 
     def __init__(self, support, alpha, n_sample, store_size, rng):
         self.n_sample, self.rng, self.n_items = n_sample, rng, len(support)
@@ -1356,8 +1358,6 @@ class NegativeSampler:
     def inputs(self, targets):
         """The step's target and sample inputs: the targets followed by the next n_sample negatives."""
         return (np.concatenate([targets, self.next()]),)
-
-    kind = 'cpu'
 
     def get_state(self):
         state = {'kind': self.kind, 'generator': self.rng.bit_generator.state, 'pos': self.pos, 'rows': self.rows}
