@@ -570,7 +570,7 @@ _register_numba()
 _register_jax()
 
 
-# --- negative samples on the device -----------------------------------------------------------------
+# --- random draws on the device: negatives (SampleItems) and dropout noise (HashUniforms) -------------
 
 def _lowbias32(x, xp):
     """C. Wellons' lowbias32 integer hash on a uint32 array (xp: numpy or jax.numpy; wraps mod 2**32)."""
@@ -582,13 +582,21 @@ def _lowbias32(x, xp):
     return x ^ (x >> u(16))
 
 
+def _step_key(seed, step, n, xp):
+    """The key of a step: a hash of (step, seed), as n equal uint32 entries (broadcasts in the same dtype)."""
+    return _lowbias32(xp.full(n, step, dtype=xp.uint32) * xp.uint32(0x9e3779b9) + xp.uint32(seed), xp)
+
+
+def _keyed_uniforms(idx, key, xp):
+    """float32 uniforms in [0, 1) on a 2**-24 grid: a hash of idx keyed twice by key, so that draws under
+    two keys are not shifted copies of each other."""
+    h = _lowbias32(_lowbias32(idx ^ key, xp) + key, xp)
+    return (h >> xp.uint32(8)).astype(xp.float32) * xp.float32(2.0 ** -24)
+
+
 def hash_uniforms(seed, step, n, xp=np):
-    """n float32 uniforms in [0, 1) on a 2**-24 grid, a pure function of (seed, step): element j is a hash
-    of j keyed twice by a hash of (step, seed), so that no two steps share shifted copies of a draw."""
-    u = xp.uint32
-    key = _lowbias32(xp.full(n, step, dtype=xp.uint32) * u(0x9e3779b9) + u(seed), xp)   # (n,), all equal
-    h = _lowbias32(_lowbias32(xp.arange(n, dtype=xp.uint32) ^ key, xp) + key, xp)
-    return (h >> u(8)).astype(xp.float32) * xp.float32(2.0 ** -24)
+    """n uniforms, a pure function of (seed, step): element j hashes j under the step's key."""
+    return _keyed_uniforms(xp.arange(n, dtype=xp.uint32), _step_key(seed, step, n, xp), xp)
 
 
 def sample_from_cdf(cdf, seed, step, n, xp=np):
@@ -696,13 +704,9 @@ def hash_uniform_rows(seed, step, stream, slots, width, xp=np):
     """(len(slots), width) float32 uniforms in [0, 1): element (i, c) a pure function of (seed, step,
     stream, slots[i], c), so a slot's noise does not depend on which other slots are active."""
     u = xp.uint32
-    n = slots.shape[0]
-    key = _lowbias32(xp.full(n, step, dtype=xp.uint32) * u(0x9e3779b9) + u(seed), xp)
-    key = _lowbias32(key ^ (u(stream) * u(0x85ebca6b)), xp)
+    key = _lowbias32(_step_key(seed, step, slots.shape[0], xp) ^ (u(stream) * u(0x85ebca6b)), xp)
     row_key = _lowbias32(key + slots.astype(xp.uint32) * u(0xc2b2ae35), xp)[:, None]        # (n, 1)
-    cols = xp.arange(width, dtype=xp.uint32)[None, :]
-    h = _lowbias32(_lowbias32(cols ^ row_key, xp) + row_key, xp)
-    return (h >> u(8)).astype(xp.float32) * xp.float32(2.0 ** -24)
+    return _keyed_uniforms(xp.arange(width, dtype=xp.uint32)[None, :], row_key, xp)
 
 
 class HashUniforms(_HashDraw):
@@ -768,7 +772,7 @@ def _jax_funcify_hash_uniforms(op, node=None, **kwargs):
     return hash_uniforms_
 
 
-def _register_sample_items():
+def _register_hash_draws():
     try:
         from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
         register_funcify_default_op_cache_key(SampleItems)(_numba_funcify_sample_items)
@@ -783,4 +787,4 @@ def _register_sample_items():
         pass
 
 
-_register_sample_items()
+_register_hash_draws()
