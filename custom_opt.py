@@ -19,6 +19,9 @@ Rewrites (registered in PyTensor's optdb when this module is imported; tag ``gru
 * ``inline_sparse_row_update`` -- the opposite, for ``compile_mode(backend, fused=False)`` and the
   python backend: SparseRowUpdateGraph replaced by its plain inner graph, which PyTensor's own rewrites
   then optimise (also in place) like any other graph.
+* ``numba_fast_math`` and ``numba_row_max`` (Numba, fused only) -- float32 exp and sigmoid by gpu_ops'
+  vectorisable Exp32/Sigmoid32, a float32 max over matrix rows by RowMax; they run inside PyTensor's
+  element-wise fusion pass, after it has inlined softmax and before it builds the fused loops.
 """
 import functools
 import re
@@ -26,7 +29,11 @@ import re
 from pytensor.compile import optdb
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.rewriting.basic import WalkingGraphRewriter, dfs_rewriter, node_rewriter
-from pytensor.tensor.math import Sum
+from pytensor.scalar.basic import Exp
+from pytensor.scalar.math import Sigmoid
+from pytensor.tensor.elemwise import Elemwise
+from pytensor.tensor.math import Max, Sum
+from pytensor.tensor.rewriting.elemwise import fuse_seqopt
 
 try:  # package import (installed) or top-level import (checkout)
     from . import gpu_ops
@@ -36,6 +43,7 @@ except ImportError:
 BACKENDS = ('numba', 'jax', 'python')
 DEFAULT_BACKEND = 'numba'
 FUSED_TAG, PLAIN_TAG, JAX_TAG = 'gru4rec_fused', 'gru4rec_plain', 'gru4rec_jax'
+NUMBA_FAST_TAG = 'gru4rec_numba_fast'
 
 
 def check_backend(backend):
@@ -108,6 +116,8 @@ def compile_mode(backend, fused=None, device=None):
         fused = FUSE_BY_DEFAULT[backend]
     if not fused or backend == 'python':
         mode = mode.excluding(FUSED_TAG).including(PLAIN_TAG)
+    elif backend == 'numba':
+        mode = mode.including(NUMBA_FAST_TAG)
     if backend == 'jax':
         mode = mode.including(JAX_TAG)
         mode = Mode(linker=_device_jax_linker(None if device is None else jax_device(device))(),
@@ -196,6 +206,25 @@ def float32_sum(fgraph, node):
     return False
 
 
+_FAST_SCALAR = {Exp: gpu_ops.exp_f32, Sigmoid: gpu_ops.sigmoid_f32}
+
+
+@node_rewriter([Elemwise])
+def numba_fast_math(fgraph, node):
+    new = _FAST_SCALAR.get(type(node.op.scalar_op))   # (exact types: Exp32 is an Exp too)
+    if new is None or any(v.dtype != 'float32' for v in node.inputs + node.outputs):
+        return False
+    return [Elemwise(new)(*node.inputs)]
+
+
+@node_rewriter([Max])
+def numba_row_max(fgraph, node):
+    x, op = node.inputs[0], node.op
+    if x.ndim == 2 and x.dtype == 'float32' and tuple(op.axis) == (1,) and not op.initial:
+        return [gpu_ops.RowMax()(x)]
+    return False
+
+
 # Names carry the module's import name: a checkout can end up with this module imported twice (as
 # custom_opt and as <package>.custom_opt, e.g. under pytest), each copy with its own Op classes.
 _prefix = __name__.replace('.', '_') + '_'
@@ -206,3 +235,6 @@ optdb.register(_prefix + 'inplace_sparse_row_update',
                WalkingGraphRewriter(inplace_sparse_row_update, failure_callback=WalkingGraphRewriter.warn_inplace),
                'fast_run', 'inplace', FUSED_TAG, position=70.7)
 optdb.register(_prefix + 'float32_sum', dfs_rewriter(float32_sum), JAX_TAG, position=49.5)
+# inside the fusion pass: after it inlines softmax & co (0, 0.5), before it fuses element-wise loops (1)
+fuse_seqopt.register(_prefix + 'numba_fast_math', dfs_rewriter(numba_fast_math, numba_row_max), NUMBA_FAST_TAG,
+                     position=0.7)

@@ -1,0 +1,121 @@
+"""gpu_ops' float32 exp, sigmoid and row max for the Numba backend: accuracy against float64 numpy, special
+values, the Numba kernels bit for bit against their numpy references, and custom_opt putting them in place
+(Numba with fused Ops only) without changing what a graph computes."""
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+
+import custom_opt
+import gpu_ops
+
+ULP = 2.0 ** -23   # float32's relative spacing at 1
+
+
+def normal_range():
+    """Every 97th float32 of exp's normal-result range (by bit pattern, so all binades) plus its edges."""
+    lo, hi = np.float32(-87.33654), np.float32(88.72283)
+    bits = lambda v: int(np.float32(v).view(np.int32))   # noqa: E731
+    neg = np.arange(bits(-1e-30), bits(lo), 97, dtype=np.int64).astype(np.int32).view(np.float32)
+    pos = np.arange(bits(1e-30), bits(hi), 97, dtype=np.int64).astype(np.int32).view(np.float32)
+    return np.concatenate([neg, pos, np.float32([0, lo, hi, 1, -1, 88.0, 88.3, -87.0])])
+
+
+SPECIALS = np.float32([np.nan, np.inf, -np.inf, 88.7229, 100, 1e30, -87.3366, -90, -1e30, 0, -0.0])
+
+
+def numba_fn(expr, x=None):
+    x = pt.vector('x', dtype='float32') if x is None else x
+    return pytensor.function([x], expr(x), mode=custom_opt.compile_mode('numba', fused=True))
+
+
+def test_exp32_within_1_5_ulp_over_the_normal_range():
+    x = normal_range()
+    exact = np.exp(x.astype(np.float64))
+    err = np.abs(gpu_ops.exp32(x).astype(np.float64) - exact) / exact
+    assert err.max() <= 1.5 * ULP / 2   # relative to the result: half an ulp is 2**-24 at worst
+    assert gpu_ops.exp32(np.float32(0)) == 1
+
+
+def test_exp32_special_values():
+    got = gpu_ops.exp32(SPECIALS)
+    assert np.isnan(got[0])
+    np.testing.assert_array_equal(got[1:], np.float32([np.inf, 0, np.inf, np.inf, np.inf, 0, 0, 0, 1, 1]))
+    assert got.dtype == np.float32
+
+
+def test_sigmoid32_against_float64():
+    x = np.concatenate([np.linspace(-110, 110, 400001, dtype=np.float32), SPECIALS])
+    with np.errstate(over='ignore'):
+        exact = 1 / (1 + np.exp(-x.astype(np.float64)))
+    got = gpu_ops.sigmoid32(x)
+    ok = ~np.isnan(x)
+    assert np.isnan(got[~ok]).all()
+    np.testing.assert_allclose(got[ok], exact[ok], rtol=3 * ULP, atol=1e-37)
+
+
+@pytest.mark.parametrize('expr, op, reference', [(pt.exp, gpu_ops.Exp32, gpu_ops.exp32),
+                                                 (pt.sigmoid, gpu_ops.Sigmoid32, gpu_ops.sigmoid32)])
+def test_numba_kernels_equal_their_numpy_reference_bit_for_bit(expr, op, reference):
+    pytest.importorskip('numba')
+    fn = numba_fn(expr)
+    scalar_ops = [getattr(n.op, 'scalar_op', None) for n in fn.maker.fgraph.apply_nodes]
+    assert any(isinstance(s, op) for s in scalar_ops)
+    x = np.concatenate([normal_range()[::7], np.float32(np.random.default_rng(0).normal(0, 30, 10000)), SPECIALS])
+    np.testing.assert_array_equal(fn(x), reference(x))
+
+
+def test_row_max_kernel_equals_numpy():
+    pytest.importorskip('numba')
+    rng = np.random.default_rng(1)
+    fn = numba_fn(lambda x: pt.max(x, axis=1), pt.matrix('x', dtype='float32'))
+    assert any(isinstance(n.op, gpu_ops.RowMax) for n in fn.maker.fgraph.apply_nodes)
+    for cols in (1, 7, 8, 9, 2080):   # below, at and around the kernel's 8 lanes
+        x = rng.normal(size=(5, cols)).astype(np.float32)
+        x[1] = -np.inf
+        x[2, -1] = np.nan   # NaN in the tail
+        x[3, 0] = np.nan    # and in the lanes
+        x[4, cols // 2] = 1e30
+        np.testing.assert_array_equal(fn(x), np.max(x, axis=1))
+    assert fn(np.zeros((0, 4), np.float32)).shape == (0,)
+    with pytest.raises(ValueError, match='zero-size'):
+        fn(np.zeros((2, 0), np.float32))
+
+
+def test_row_max_gradient_is_max_gradient():
+    x = pt.matrix('x', dtype='float32')
+    v = np.float32([[1, 3, 2], [5, 4, 5]])
+    got = pytensor.function([x], pytensor.grad(gpu_ops.RowMax()(x).sum(), x), mode='FAST_COMPILE')(v)
+    want = pytensor.function([x], pytensor.grad(pt.max(x, axis=1).sum(), x), mode='FAST_COMPILE')(v)
+    np.testing.assert_array_equal(got, want)
+
+
+def loss_and_grad(x):
+    """Softmax cross-entropy on the diagonal and its gradient (the shape of the XE training step)."""
+    m = pt.arange(x.shape[0])
+    cost = -pt.log(pt.special.softmax(x, axis=1)[m, m] + np.float32(1e-24)).sum()
+    return [cost, pytensor.grad(cost, x)]
+
+
+def test_numba_fused_mode_uses_the_fast_ops_and_computes_the_same():
+    pytest.importorskip('numba')
+    x = pt.matrix('x', dtype='float32')
+    v = np.float32(np.random.default_rng(2).normal(0, 4, (32, 300)))
+    fast = pytensor.function([x], loss_and_grad(x), mode=custom_opt.compile_mode('numba', fused=True))
+    plain = pytensor.function([x], loss_and_grad(x), mode=custom_opt.compile_mode('numba', fused=False))
+    ref = pytensor.function([x], loss_and_grad(x), mode=custom_opt.compile_mode('python'))
+
+    def uses_fast(fn):
+        text = pytensor.printing.debugprint(fn, file='str')
+        return 'exp32' in text and 'RowMax' in text
+    assert uses_fast(fast) and not uses_fast(plain) and not uses_fast(ref)
+    for got in (fast(v), plain(v)):
+        np.testing.assert_allclose(got[0], ref(v)[0], rtol=1e-6)
+        np.testing.assert_allclose(got[1], ref(v)[1], rtol=1e-5, atol=1e-7)
+
+
+def test_float64_exp_is_left_alone():
+    pytest.importorskip('numba')
+    fn = numba_fn(pt.exp, pt.vector('x', dtype='float64'))
+    assert not any(isinstance(getattr(n.op, 'scalar_op', None), gpu_ops.Exp32) for n in fn.maker.fgraph.apply_nodes)
+    np.testing.assert_array_equal(fn(np.array([0.5, 700.0])), np.exp([0.5, 700.0]))
