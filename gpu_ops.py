@@ -274,6 +274,39 @@ def numpy_row_update(spec, arrays, idx, g):
 
 # --- Numba (CPU) ------------------------------------------------------------------------------------
 
+@functools.cache
+def _numba_prefetch():
+    """prefetch(arr, i, j): a hint (LLVM's prefetch intrinsic: read, keep in all cache levels) to load the
+    cache line of arr[i, j] of a 2-d array. The update visits rows of several item matrices in an order no
+    hardware prefetcher can guess; each row's DRAM latency (~0.15 us) otherwise dominates the step."""
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def prefetch(typingctx, arr, i, j):
+        if not (isinstance(arr, types.Array) and arr.ndim == 2 and isinstance(i, types.Integer)
+                and isinstance(j, types.Integer)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            aryty, ity, jty = signature.args
+            ary = context.make_array(aryty)(context, builder, args[0])
+            inds = [context.cast(builder, v, t, types.intp) for v, t in ((args[1], ity), (args[2], jty))]
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, inds, wraparound=False)
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
+                                                'llvm.prefetch.p0')
+            builder.call(fn, [ptr, i32(0), i32(3), i32(1)])   # read, high locality, data cache
+            return context.get_dummy_value()
+        return types.void(arr, i, j), codegen
+    return prefetch
+
+
+PREFETCH_AHEAD = 4   # rows: measured best among 2-16 for 2,112 rows of 100 floats over 34k items
+
+
 def _numba_kernel(spec):
     """An njit function (p, s0, s1, s2, vel, idx, g) -> None updating in place; unused states are 1 x d
     placeholders."""
@@ -285,6 +318,9 @@ def _numba_kernel(spec):
     DECAY = RMSPROP or ADADELTA or LEGACY
     MOMENTUM, L2 = spec.mu > 0, spec.lmbd > 0
     S0, S1, S2 = (N_STATES[spec.adapt] > i for i in range(3))
+
+    prefetch, ahead = _numba_prefetch(), PREFETCH_AHEAD
+    line = 64 // np.dtype(FLOAT).itemsize
 
     @numba_njit(boundscheck=False, error_model='numpy')
     def kernel(p, s0, s1, s2, vel, idx, g):
@@ -316,6 +352,18 @@ def _numba_kernel(spec):
         v_last = np.empty(d, np.float32)
         gsum = np.empty(d, np.float32)
         for j0 in range(K):
+            if j0 + ahead < K:   # the rows `ahead` occurrences on: their loads overlap this row's work
+                rn = idx[j0 + ahead]
+                for k in range(0, d, line):
+                    prefetch(p, rn, k)
+                    if S0:
+                        prefetch(s0, rn, k)
+                    if S1:
+                        prefetch(s1, rn, k)
+                    if S2:
+                        prefetch(s2, rn, k)
+                    if MOMENTUM:
+                        prefetch(vel, rn, k)
             if not head[j0]:
                 continue
             r = idx[j0]
