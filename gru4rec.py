@@ -732,8 +732,8 @@ class GRU4Rec:
         chunk: minibatches per compiled call. 0 runs one call per minibatch, with the batch shrinking as
         sessions run out (as the original). K > 0 prepares K minibatches on the host and runs them in one
         scan, at a fixed width with masked inactive slots (same losses up to float rounding). None: the
-        backend's default, custom_opt.CHUNK_BY_DEFAULT (JAX needs the fixed shapes; on Numba the per-call loop is as
-        fast)."""
+        backend's default, custom_opt.CHUNK_BY_DEFAULT (100 on Numba, where it is faster, and on JAX, which
+        needs the fixed shapes; 0 on the python reference backend)."""
         backend = self._backend()
         self._mode()   # checks the device (JAX must see it) before anything changes
         chunk = custom_opt.CHUNK_BY_DEFAULT[backend] if chunk is None else _to_int_arg(chunk, 'chunk')

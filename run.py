@@ -133,8 +133,9 @@ def build_parser():
     p.add_argument('-d', '--device', default=None, help='cpu or cuda[:N] (default: from the flags file, else cpu)')
     p.add_argument('--backend', choices=['numba', 'jax', 'python'], default=None, help='numba (CPU), jax (GPU or CPU), python (slow reference)')
     p.add_argument('--chunk', metavar='K', type=int, default=None,
-                   help='minibatches per compiled training call: 0 = one call each (Numba default), K > 0 = K per '
-                        'scan call at a fixed batch width (JAX default: 100)')
+                   help='minibatches per compiled training call: 0 = one call each with the batch shrinking as '
+                        'sessions end (as the original), K > 0 = K per scan call at a fixed batch width '
+                        '(default: 100 on Numba and JAX, 0 on python)')
     return p
 
 

@@ -72,7 +72,7 @@ def main():
     p.add_argument('--losses', nargs='+', default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument('--backend', default='numba')
     p.add_argument('--fused', choices=['default', 'yes', 'no'], default='default',
-                   help="use gpu_ops' fused sparse-update Op (yes), the plain graph (no), or the backend's default")
+                   help="use gpu_ops' fused Ops (yes: sparse update; on Numba also its exp/sigmoid/row max), the plain graph (no), or the backend's default")
     p.add_argument('--chunk', type=int, default=None,
                    help="minibatches per compiled call (fit's chunk; default: the backend's default)")
     p.add_argument('--store_type', choices=['cpu', 'gpu'], default=None,

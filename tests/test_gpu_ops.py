@@ -148,7 +148,8 @@ def test_wrong_number_of_states_is_refused():
 @pytest.mark.slow
 def test_training_with_fused_updates_equals_plain(monkeypatch):
     """A real fit on Numba (Adagrad + momentum, shared embedding, repeated items in every minibatch): the
-    same epoch losses and weights with the fused Op as with the plain graph."""
+    same epoch losses and weights with the fused Ops (update, and on Numba the fast exp and row max) as with
+    the plain graph."""
     from gru4rec import GRU4Rec
     from test_model import generated_sessions
     data = generated_sessions(n_sessions=150, n_items=12)   # 12 items: repeats in every step
