@@ -5,7 +5,8 @@
 #   mkdir -p .gpudata && cp DIGINETICA/diginetica_train_full.tsv.gz DIGINETICA/diginetica_test.tsv.gz .gpudata/
 # then run `bash benchmarks/gpu_check.sh` there (.whl and .gpudata travel with the working tree). Every section
 # has its own time limit, prints as it goes, and a failing section does not stop the others.
-# SMALL=1 runs the same sections at toy sizes (a dry run of the script on a CPU).
+# SMALL=1 runs the same sections at toy sizes (a dry run of the script on a CPU; the GPU-only determinism
+# section then reports the missing GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -34,3 +35,7 @@ timeout 120 $PY benchmarks/bench_cpu.py "$TRAIN" "${SIZE[@]}" --backend jax --ch
 
 section 'Scaling: synthetic catalogues, training and evaluation on JAX'
 timeout 240 $PY benchmarks/bench_synthetic.py "${SYN[@]}" --backend jax --eval_backends jax 2>&1 | grep -v '^Epoch\|^Measuring\|^The dataframe\|^Negative'
+
+section 'Run-to-run determinism on the GPU (repeated items are scatter-added), without and with XLA deterministic ops'
+timeout 90 $PY benchmarks/repeat_check.py "$TRAIN" --events 20000 --backend jax --device cuda 2>&1 | grep 'bit-identical\|Error'
+XLA_FLAGS=--xla_gpu_deterministic_ops=true timeout 90 $PY benchmarks/repeat_check.py "$TRAIN" --events 20000 --backend jax --device cuda 2>&1 | grep 'bit-identical\|Error'

@@ -48,3 +48,15 @@ def test_bench_cpu_prints_training_and_evaluation_figures(tmp_path):
     rows = re.findall(r'^\| (xe_logq|bpr-max) \| ([\d.]+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| (\d+) \|$', r.stdout, re.M)
     assert [row[0] for row in rows] == ['xe_logq', 'bpr-max']
     assert all(float(row[1]) > 0 and float(row[4]) > 0 and int(row[5]) > 0 for row in rows)
+
+
+def test_repeat_check_reports_identical_runs(tmp_path):
+    """repeat_check.py trains twice with the same seed: on the CPU the two runs agree bit for bit."""
+    import subprocess
+    train = tmp_path / 'train.tsv'
+    synthetic_sessions(40, 900, seed=3).to_csv(train, sep='\t', index=False)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, 'benchmarks', 'repeat_check.py'), str(train), '--events', '0',
+                        '--backend', 'python'], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert 'backend=python device=default' in r.stdout and 'bit-identical=True, max |weight difference|=0,' in r.stdout
