@@ -273,6 +273,10 @@ def numpy_row_update(spec, arrays, idx, g):
 
 
 # --- Numba (CPU) ------------------------------------------------------------------------------------
+# The kernels in this file use no Numba disk cache (cache=True): Numba's cache entries name the importing
+# module, a checkout's gpu_ops can be imported under two names (top level and as a package), and a process
+# that imported it the other way then fails to load the entry. PyTensor caches the compiled graphs that
+# call them; the kernels themselves compile in well under a second.
 
 @functools.cache
 def _numba_prefetch():
@@ -696,7 +700,7 @@ def _numba_lowbias32():
     import numba
     M = np.uint64(0xFFFFFFFF)
 
-    @numba.njit(cache=True, nogil=True)
+    @numba.njit(nogil=True)
     def lowbias32(x):
         x ^= x >> np.uint64(16)
         x = (x * np.uint64(0x7feb352d)) & M
@@ -713,7 +717,7 @@ def _numba_sample_kernel():
     M = np.uint64(0xFFFFFFFF)
     lowbias32 = _numba_lowbias32()
 
-    @numba.njit(cache=True, nogil=True)
+    @numba.njit(nogil=True)
     def kernel(cdf, seed, step, n):
         key = lowbias32((np.uint64(step) * np.uint64(0x9e3779b9) + np.uint64(seed)) & M)
         out = np.empty(n, dtype=np.int32)
@@ -790,7 +794,7 @@ def _numba_uniform_kernel():
     M = np.uint64(0xFFFFFFFF)
     lowbias32 = _numba_lowbias32()
 
-    @numba.njit(cache=True, nogil=True)
+    @numba.njit(nogil=True)
     def kernel(seed, step, stream, slots, width):
         key = lowbias32((np.uint64(step) * np.uint64(0x9e3779b9) + np.uint64(seed)) & M)
         key = lowbias32(key ^ ((np.uint64(stream) * np.uint64(0x85ebca6b)) & M))
@@ -915,7 +919,7 @@ def _numba_exp32():
     import numba
     exp32_inline = _numba_exp32_inline()
 
-    @numba.njit(cache=True, nogil=True, fastmath=False)
+    @numba.njit(nogil=True, fastmath=False)
     def exp32_scalar(x):
         return exp32_inline(x)
     return exp32_scalar
@@ -926,7 +930,7 @@ def _numba_sigmoid32():
     import numba
     exp32_inline = _numba_exp32_inline()
 
-    @numba.njit(cache=True, nogil=True, fastmath=False, error_model='numpy')   # (no per-element zero check)
+    @numba.njit(nogil=True, fastmath=False, error_model='numpy')   # (no per-element zero check)
     def sigmoid32_scalar(x):
         return _F(1) / (_F(1) + exp32_inline(-x))
     return sigmoid32_scalar
@@ -991,7 +995,7 @@ def _numba_row_max_kernel():
     def mx(a, v):   # NaN compares false: it never wins here (looked for separately below)
         return v if v > a else a
 
-    @numba.njit(cache=True, nogil=True, fastmath=False)
+    @numba.njit(nogil=True, fastmath=False)
     def row_max(x):
         rows, n = x.shape
         if n == 0 and rows > 0:

@@ -1396,11 +1396,12 @@ class RandomChain:
 
 @functools.cache
 def _guided_search():
-    """A Numba kernel (compiled on first use, cached on disk) for NegativeSampler.search: start at the
-    guide entry of u's bucket and step to the answer, about two steps on average instead of log2(N)."""
+    """A Numba kernel (compiled on first use; no disk cache, see gpu_ops' Numba section) for
+    NegativeSampler.search: start at the guide entry of u's bucket and step to the answer, about two steps on
+    average instead of log2(N)."""
     import numba
 
-    @numba.njit(cache=True, nogil=True)
+    @numba.njit(nogil=True)
     def search(cdf, guide, u):
         n_buckets = len(guide)
         out = np.empty(len(u), dtype=np.int32)

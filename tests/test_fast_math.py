@@ -60,7 +60,7 @@ def test_numba_kernels_equal_their_numpy_reference_bit_for_bit(expr, op, referen
     pytest.importorskip('numba')
     fn = numba_fn(expr)
     scalar_ops = [getattr(n.op, 'scalar_op', None) for n in fn.maker.fgraph.apply_nodes]
-    assert any(isinstance(s, op) for s in scalar_ops)
+    assert any(type(s).__name__ == op.__name__ for s in scalar_ops)   # (by name: see uses_fast below)
     x = np.concatenate([normal_range()[::7], np.float32(np.random.default_rng(0).normal(0, 30, 10000)), SPECIALS])
     np.testing.assert_array_equal(fn(x), reference(x))
 
@@ -69,7 +69,7 @@ def test_row_max_kernel_equals_numpy():
     pytest.importorskip('numba')
     rng = np.random.default_rng(1)
     fn = numba_fn(lambda x: pt.max(x, axis=1), pt.matrix('x', dtype='float32'))
-    assert any(isinstance(n.op, gpu_ops.RowMax) for n in fn.maker.fgraph.apply_nodes)
+    assert any(type(n.op).__name__ == 'RowMax' for n in fn.maker.fgraph.apply_nodes)
     for cols in (1, 7, 8, 9, 2080):   # below, at and around the kernel's 8 lanes
         x = rng.normal(size=(5, cols)).astype(np.float32)
         x[1] = -np.inf
@@ -105,7 +105,8 @@ def test_numba_fused_mode_uses_the_fast_ops_and_computes_the_same():
     plain = pytensor.function([x], loss_and_grad(x), mode=custom_opt.compile_mode('numba', fused=False))
     ref = pytensor.function([x], loss_and_grad(x), mode=custom_opt.compile_mode('python'))
 
-    def uses_fast(fn):
+    def uses_fast(fn):   # by name: under pytest a checkout's modules load twice (top level and as a package),
+        # and the rewrite registered first may put in place the other copy's Op classes
         text = pytensor.printing.debugprint(fn, file='str')
         return 'exp32' in text and 'RowMax' in text
     assert uses_fast(fast) and not uses_fast(plain) and not uses_fast(ref)
@@ -117,5 +118,5 @@ def test_numba_fused_mode_uses_the_fast_ops_and_computes_the_same():
 def test_float64_exp_is_left_alone():
     pytest.importorskip('numba')
     fn = numba_fn(pt.exp, pt.vector('x', dtype='float64'))
-    assert not any(isinstance(getattr(n.op, 'scalar_op', None), gpu_ops.Exp32) for n in fn.maker.fgraph.apply_nodes)
+    assert not any(type(getattr(n.op, 'scalar_op', None)).__name__ == 'Exp32' for n in fn.maker.fgraph.apply_nodes)
     np.testing.assert_array_equal(fn(np.array([0.5, 700.0])), np.exp([0.5, 700.0]))
