@@ -276,7 +276,7 @@ def numpy_row_update(spec, arrays, idx, g):
 # The kernels in this file use no Numba disk cache (cache=True): Numba's cache entries name the importing
 # module, a checkout's gpu_ops can be imported under two names (top level and as a package), and a process
 # that imported it the other way then fails to load the entry. PyTensor caches the compiled graphs that
-# call them; the kernels themselves compile in well under a second.
+# call them, under keys salted with the module's name for the same reason (_source_salt).
 
 @functools.cache
 def _numba_prefetch():
@@ -494,10 +494,12 @@ def _numba_kernel(spec):
 
 def _source_salt():
     """An integer that changes whenever this file changes. PyTensor caches compiled Numba code on disk under a
-    key made of the Op class and its props only; the salt keeps a cached kernel from outliving its source."""
+    key made of the Op class and its props only; the salt keeps a cached kernel from outliving its source.
+    It also differs by the name this module was imported under: the cached code refers to the module by
+    name, and a process that imported it the other way (top level vs package) could not load it."""
     import hashlib
     with open(__file__, 'rb') as f:
-        return int(hashlib.sha256(f.read()).hexdigest()[:12], 16)
+        return int(hashlib.sha256(f.read() + __name__.encode()).hexdigest()[:12], 16)
 
 
 def _numba_funcify_sparse_row_update(op, node=None, **kwargs):
