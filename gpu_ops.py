@@ -856,6 +856,8 @@ _register_hash_draws()
 _F = np.float32
 _EXP_HI, _EXP_LO = _F(88.72283), _F(-87.33654)     # exp overflows above / is below float32's normals
 _LOG2E, _LN2_HI, _LN2_LO = _F(1.44269504), _F(0.693359375), _F(-2.12194440e-4)   # ln 2 = HI + LO
+_EXP_BIG = _F(88.0)     # above: 2**n itself would overflow, so scale by 2**(n-1) * 2
+_EXP_FLOOR = _F(-87.4)  # inputs are clamped here before the reduction (keeps 2**n a normal number)
 # minimax polynomial for (exp(r) - 1 - r) / r**2 on |r| <= ln(2)/2 (the coefficients of Cephes' expf)
 _EXP_POLY = tuple(_F(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
                                   1.6666665459e-1, 5.0000001201e-1))
@@ -868,8 +870,8 @@ def exp32(x):
     to exp(-103.9)), inf above 88.72283, NaN for NaN."""
     x = np.asarray(x, dtype=_F)
     with np.errstate(all='ignore'):
-        big = x > _F(88.0)                              # 2**n itself would overflow: scale by 2**(n-1) * 2
-        xc = np.where(x < _F(-87.4), _F(-87.4), x)
+        big = x > _EXP_BIG
+        xc = np.where(x < _EXP_FLOOR, _EXP_FLOOR, x)
         n = np.floor(np.where(xc == xc, xc, _F(0)) * _LOG2E + _F(0.5))
         r = xc - n * _LN2_HI - n * _LN2_LO
         p = _EXP_POLY[0]
@@ -895,12 +897,12 @@ def _numba_exp32_inline():
     reassociation would undo the two-part ln 2 of the reduction, and no-NaN flags the NaN tests."""
     import numba
     c0, c1, c2, c3, c4, c5 = _EXP_POLY
-    f0, f1, f2, small, inf = _F(0), _F(1), _F(2), _F(-87.4), _F(np.inf)
+    f0, f1, f2, inf = _F(0), _F(1), _F(2), _F(np.inf)
 
     @numba.njit(inline='always', fastmath=False)
     def exp32_inline(x):
-        big = x > _F(88.0)
-        xc = small if x < small else x
+        big = x > _EXP_BIG
+        xc = _EXP_FLOOR if x < _EXP_FLOOR else x
         n = np.floor((xc if xc == xc else f0) * _LOG2E + _F(0.5))
         r = xc - n * _LN2_HI - n * _LN2_LO
         p = ((((c0 * r + c1) * r + c2) * r + c3) * r + c4) * r + c5
@@ -1023,13 +1025,7 @@ def _numba_row_max_kernel():
 
 
 def _numba_funcify_row_max(op, node=None, **kwargs):
-    from pytensor.link.numba.dispatch.basic import numba_njit
-    kernel = _numba_row_max_kernel()
-
-    @numba_njit
-    def row_max(x):
-        return kernel(x)
-    return row_max, _source_salt()
+    return _numba_row_max_kernel(), _source_salt()
 
 
 def _numba_funcify_scalar(kernel):
