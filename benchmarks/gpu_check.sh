@@ -10,11 +10,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+PY=${PYTHON:-python3}
 if compgen -G '.whl/*.whl' >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=/tmp/site || exit 1
 fi
-PY=${PYTHON:-python3}
 TRAIN=.gpudata/diginetica_train_full.tsv.gz TEST=.gpudata/diginetica_test.tsv.gz
 if [ "${SMALL:-0}" = 1 ]; then SIZE=(--events 20000 --epochs 2); SYN=(--items 2000 5000 --events 20000); else SIZE=(--events 0 --epochs 4); SYN=(--items 43000 2000000); fi
 section() { echo; echo "=== $1 ($(date +%T))"; }
