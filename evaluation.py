@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 
 try:  # package import (installed) or top-level import (checkout)
-    from .gru4rec import GRU4RecError, session_offsets, session_parallel_batches, progress, _numeric_column
+    from . import custom_opt
+    from .gru4rec import GRU4RecError, session_offsets, session_parallel_batches, progress, _numeric_column, _to_int_arg
 except ImportError:
-    from gru4rec import GRU4RecError, session_offsets, session_parallel_batches, progress, _numeric_column
+    import custom_opt
+    from gru4rec import GRU4RecError, session_offsets, session_parallel_batches, progress, _numeric_column, _to_int_arg
 
 MODES = ('standard', 'conservative', 'median', 'tiebreaking')
 
@@ -55,11 +57,77 @@ def prepare_test_data(gru, test_data, session_key, item_key, time_key):
     return data['_idx'].values.astype(np.int32), session_offsets(data[session_key].values), n_dropped
 
 
+def counts_per_step(gru, batches, width, cand, tiebreak):
+    """Yield (targets, n_greater, n_equal) of each minibatch, one compiled call per minibatch (the batch
+    shrinks as sessions run out, as in the original)."""
+    n_cand = None if cand is None else len(cand)
+    H = [np.zeros((width, u), dtype=np.float32) for u in gru.layers]
+    for inp, out, reset, keep in batches:
+        if keep is not None:
+            H = [h[keep] for h in H]
+        fn = gru.rank_function(with_candidates=cand is not None, tiebreak=tiebreak, width=len(inp), n_cand=n_cand)
+        n_greater, n_equal, *H = fn(inp, out, reset.astype(np.float32), *([cand] if cand is not None else []), *H)
+        yield out, n_greater, n_equal
+
+
+def counts_chunked(gru, batches, width, cand, chunk):
+    """The same counts as counts_per_step, `chunk` minibatches per compiled call (GRU4Rec.rank_chunk_function),
+    yielded per call. Slot s stays row s of a fixed-width batch; a finished slot's row scores item 0 with a
+    reset and its counts are dropped (rows do not interact in evaluation, so nothing else needs masking).
+    On JAX (static shapes) the last call is padded with such rows to `chunk` steps, so that one compiled
+    function serves any test set; its results are read after the next call has been dispatched, so the host's
+    preparation overlaps the device's work."""
+    n_cand = None if cand is None else len(cand)
+    pad = gru._backend() == 'jax'
+    H = [np.zeros((width, u), dtype=np.float32) for u in gru.layers]
+    active = np.arange(width)                       # row of each active slot, in slot order
+    steps = []
+
+    def dispatch():
+        nonlocal H
+        k = chunk if pad else len(steps)
+        X = np.zeros((k, width), dtype=np.int32)    # K x B
+        Y, R, A = X.copy(), np.ones((k, width), dtype=np.float32), np.zeros((k, width), dtype=bool)
+        for i, (rows, inp, out, reset) in enumerate(steps):
+            X[i, rows], Y[i, rows], R[i, rows], A[i, rows] = inp, out, reset, True
+        steps.clear()
+        fn = gru.rank_chunk_function(k, width, with_candidates=cand is not None, n_cand=n_cand)
+        n_greater, n_equal, *H = fn(X, Y, R, *([cand] if cand is not None else []), *H)
+        return Y[A], n_greater, n_equal, A
+
+    def calls():
+        nonlocal active
+        for inp, out, reset, keep in batches:
+            if keep is not None:
+                active = active[keep]
+            steps.append((active, inp, out, reset))
+            if len(steps) == chunk:
+                yield dispatch()
+        if steps:
+            yield dispatch()
+
+    pending = None
+    for result in calls():   # the next call is dispatched before the pending one's counts are read
+        if pending is not None:
+            yield _active_counts(*pending)
+        pending = result
+    if pending is not None:
+        yield _active_counts(*pending)
+
+
+def _active_counts(out, n_greater, n_equal, active):
+    """(targets, n_greater, n_equal) of the active entries of a chunk (waits for the call to finish)."""
+    return out, np.asarray(n_greater)[active], np.asarray(n_equal)[active]
+
+
 def evaluate_gpu(gru, test_data, items=None, session_key='SessionId', item_key='ItemId', time_key='Time',
-                 cut_off=(20,), batch_size=100, mode='standard', return_details=False):
+                 cut_off=(20,), batch_size=100, mode='standard', return_details=False, chunk=None):
     """Recall@N and MRR@N of `gru` on `test_data` for every N in cut_off (an int is accepted too).
 
     items: optional candidate item IDs to rank against (default: all training items).
+    chunk: minibatches per compiled call; None: the backend's default (custom_opt.EVAL_CHUNK_BY_DEFAULT: 100
+    on JAX, 0 on Numba and the python backend); 0: one call per minibatch. Tiebreaking mode always runs one
+    call per minibatch (its noise is drawn per call). The ranks do not depend on it.
     Returns (recall_list, mrr_list) in the order of cut_off, plus a dict with the number of evaluated
     events and of dropped test events if return_details is set. Test events whose item was not seen in
     training are dropped (a line says how many). The name is the original's; `evaluate` is the same
@@ -72,6 +140,9 @@ def evaluate_gpu(gru, test_data, items=None, session_key='SessionId', item_key='
         raise GRU4RecError(f'Unknown evaluation mode {mode!r} (use one of: {", ".join(MODES)})')
     if int(batch_size) < 1:
         raise GRU4RecError('batch_size must be >= 1')
+    chunk = custom_opt.EVAL_CHUNK_BY_DEFAULT[gru._backend()] if chunk is None else _to_int_arg(chunk, 'chunk')
+    if chunk < 0:
+        raise GRU4RecError(f'chunk must be >= 0 (got {chunk})')
     print('Measuring Recall@{} and MRR@{}'.format(','.join(map(str, cut_off)), ','.join(map(str, cut_off))))
     test_items, offsets, n_dropped = prepare_test_data(gru, test_data, session_key, item_key, time_key)
     if n_dropped:
@@ -85,25 +156,25 @@ def evaluate_gpu(gru, test_data, items=None, session_key='SessionId', item_key='
             raise GRU4RecError('None of the candidate items (items=...) was seen in training')
         in_cand = np.zeros(gru.n_items, dtype=bool)
         in_cand[cand] = True
-    fn = gru.rank_function(with_candidates=cand is not None, tiebreak=mode == 'tiebreaking')
     cut = np.asarray(cut_off, dtype=np.float64)[:, None]
     hits, rr = np.zeros(len(cut_off)), np.zeros(len(cut_off))
     n = 0
-    H = [np.zeros((min(batch_size, len(offsets) - 1), u), dtype=np.float32) for u in gru.layers]
+    width = min(int(batch_size), len(offsets) - 1)
     order = np.arange(len(offsets) - 1)
-    batches = session_parallel_batches(test_items, offsets, order, int(batch_size))
-    for inp, out, reset, keep in progress(batches, len(test_items) - len(order), 'Evaluation'):
-        if keep is not None:
-            H = [h[keep] for h in H]
-        args = [inp, out, reset.astype(np.float32)] + ([cand] if cand is not None else []) + H
-        n_greater, n_equal, *H = fn(*args)
+    batches = progress(session_parallel_batches(test_items, offsets, order, width),
+                       len(test_items) - len(order), 'Evaluation')
+    if chunk and mode != 'tiebreaking':
+        counts = counts_chunked(gru, batches, width, cand, chunk)
+    else:
+        counts = counts_per_step(gru, batches, width, cand, mode == 'tiebreaking')
+    for out, n_greater, n_equal in counts:
         if cand is not None:  # a target outside the candidate set is ranked as if it were added to it
             n_equal = n_equal + ~in_cand[out]
         rank = ranks_from_counts(n_greater, n_equal, mode)
         hit = rank[None, :] <= cut
         hits += hit.sum(axis=1)
         rr += (hit / rank[None, :]).sum(axis=1)
-        n += len(inp)
+        n += len(out)
     if n == 0:
         raise GRU4RecError('The test data has no session with at least 2 known events: nothing to evaluate')
     if return_details:

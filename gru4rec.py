@@ -1050,35 +1050,67 @@ class GRU4Rec:
             self._predict_fns[key] = build()
         return self._predict_fns[key]
 
-    def rank_function(self, with_candidates=False, tiebreak=False):
-        """Compiled step for evaluation: f(X, Y, R, [C], *H) -> (n_greater, n_equal, *new_H).
-        n_greater/n_equal count the candidates (all items, or the indices C) scoring above/equal to the
-        target Y of each row; rows with R = 1 get a zero state afterwards."""
+    def _rank_graph(self, X, Y, R, H, C=None, srng=None):
+        """One evaluation step: (n_greater, n_equal, *new_H). n_greater/n_equal count the candidates (all
+        items, or the indices C) scoring above/equal to the target Y of each row; rows with R = 1 get a zero
+        state afterwards. srng: add uniform(0, 1e-10) tie-break noise to every score."""
+        if C is None:
+            scores, new_H = self._predict_scores_graph(X, H)
+        else:
+            scores, new_H = self._predict_scores_graph(X, H, pt.concatenate([Y, C]))
+        if srng is not None:
+            scores = scores + srng.uniform(scores.shape) * np.float32(1e-10)
+        if C is None:
+            target, cand = scores[pt.arange(Y.shape[0]), Y][:, None], scores
+        else:
+            target, cand = _diag(scores)[:, None], scores[:, Y.shape[0]:]
+        counts = [pt.sum(pt.gt(cand, target), axis=1, dtype='int64'), pt.sum(pt.eq(cand, target), axis=1, dtype='int64')]
+        return counts + [h * (1 - R)[:, None] for h in new_H]
+
+    def _static_eval_shape(self, width, n_cand):
+        """(width, n_cand) as the static shapes of an evaluation graph with candidates on JAX, which needs
+        them (the target diagonal and the candidate columns are sliced by them); (None, None) elsewhere."""
+        return (width, n_cand) if self._backend() == 'jax' and n_cand is not None else (None, None)
+
+    def rank_function(self, with_candidates=False, tiebreak=False, width=None, n_cand=None):
+        """Compiled step for evaluation: f(X, Y, R, [C], *H) -> (n_greater, n_equal, *new_H) (see _rank_graph),
+        for minibatches of `width` rows and `n_cand` candidates (JAX compiles one per size, see
+        _static_eval_shape; any size elsewhere)."""
+        width, n_cand = self._static_eval_shape(width, n_cand if with_candidates else None)
+
         def build():
-            X, Y, R = pt.ivector('X'), pt.ivector('Y'), pt.fvector('R')
-            H = [pt.fmatrix(f'H{i}') for i in range(len(self.layers))]
-            C = pt.ivector('C') if with_candidates else None
-            srng = RandomChain(self.seed)
-            if C is None:
-                scores, new_H = self._predict_scores_graph(X, H)
-                if tiebreak:
-                    scores = scores + srng.uniform(scores.shape) * np.float32(1e-10)
-                target = scores[pt.arange(Y.shape[0]), Y][:, None]
-                cand = scores
-            else:
-                scores, new_H = self._predict_scores_graph(X, H, pt.concatenate([Y, C]))
-                if tiebreak:
-                    scores = scores + srng.uniform(scores.shape) * np.float32(1e-10)
-                target = _diag(scores)[:, None]
-                cand = scores[:, Y.shape[0]:]
-            outs = [pt.sum(pt.gt(cand, target), axis=1, dtype='int64'), pt.sum(pt.eq(cand, target), axis=1, dtype='int64')]
-            outs += [h * (1 - R)[:, None] for h in new_H]
+            X, Y = (pt.tensor(n, dtype='int32', shape=(width,)) for n in 'XY')
+            R = pt.tensor('R', dtype=FLOAT, shape=(width,))
+            H = [pt.tensor(f'H{i}', dtype=FLOAT, shape=(width, u)) for i, u in enumerate(self.layers)]
+            C = pt.tensor('C', dtype='int32', shape=(n_cand,)) if with_candidates else None
+            srng = RandomChain(self.seed) if tiebreak else None
+            outs = self._rank_graph(X, Y, R, H, C, srng)
             inputs = [X, Y, R] + ([C] if with_candidates else []) + H
-            fn = pytensor.function(inputs, outs, updates=srng.updates,
-                                   mode=self._mode())
+            fn = pytensor.function(inputs, outs, updates=srng.updates if srng else None, mode=self._mode())
             fn.trust_input = True
             return fn
-        return self._compiled(('rank', with_candidates, tiebreak), build)
+        return self._compiled(('rank', with_candidates, tiebreak, width, n_cand), build)
+
+    def rank_chunk_function(self, steps, width, with_candidates=False, n_cand=None):
+        """Evaluation of `steps` minibatches of `width` rows in one call (no tie-break noise): the compiled
+        scan over _rank_graph, f(X, Y, R: steps x width, [C], *H: width x L_i) -> (n_greater, n_equal:
+        steps x width, *final_H). On Numba and the python backend one compiled function serves any size."""
+        if self._backend() != 'jax':
+            steps = None
+        width, n_cand = self._static_eval_shape(width, n_cand if with_candidates else None)
+
+        def build():
+            X, Y = (pt.tensor(f'{n}_seq', dtype='int32', shape=(steps, width)) for n in 'XY')
+            R = pt.tensor('R_seq', dtype=FLOAT, shape=(steps, width))
+            C = pt.tensor('C', dtype='int32', shape=(n_cand,)) if with_candidates else None
+            H0 = [pt.tensor(f'H{i}_init', dtype=FLOAT, shape=(width, u)) for i, u in enumerate(self.layers)]
+            res = pytensor.scan(lambda x, y, r, *h: self._rank_graph(x, y, r, list(h), C), sequences=[X, Y, R],
+                                outputs_info=[None, None] + H0, return_list=True, return_updates=False)
+            inputs = [X, Y, R] + ([C] if with_candidates else []) + H0
+            fn = pytensor.function(inputs, res[:2] + [h[-1] for h in res[2:]], mode=self._mode())
+            fn.trust_input = True
+            return fn
+        return self._compiled(('rank_chunk', with_candidates, steps, width, n_cand), build)
 
     def predict_next_batch(self, session_ids, input_item_ids, predict_for_item_ids=None, batch=100):
         """Score the next item for `batch` parallel session slots, keeping each slot's hidden state.

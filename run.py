@@ -133,9 +133,10 @@ def build_parser():
     p.add_argument('-d', '--device', default=None, help='cpu or cuda[:N] (default: from the flags file, else cpu)')
     p.add_argument('--backend', choices=['numba', 'jax', 'python'], default=None, help='numba (CPU), jax (GPU or CPU), python (slow reference)')
     p.add_argument('--chunk', metavar='K', type=int, default=None,
-                   help='minibatches per compiled training call: 0 = one call each with the batch shrinking as '
-                        'sessions end (as the original), K > 0 = K per scan call at a fixed batch width '
-                        '(default: 100 on Numba and JAX, 0 on python)')
+                   help='minibatches per compiled call in training and evaluation: 0 = one call each with the '
+                        'batch shrinking as sessions end (as the original), K > 0 = K per scan call at a fixed '
+                        'batch width (default: training 100 on Numba and JAX, evaluation 100 on JAX, otherwise 0; '
+                        'JAX trains with K > 0 only)')
     return p
 
 
@@ -422,7 +423,7 @@ def _run(args, own, mod, evaluation):
         t0 = time.time()
         recall, mrr, details = evaluation.evaluate_gpu(gru, test, items=items, session_key=keys[0], item_key=keys[1],
                                                        time_key=keys[2], cut_off=args.measure, batch_size=512,
-                                                       mode=args.eval_type, return_details=True)
+                                                       mode=args.eval_type, return_details=True, chunk=args.chunk)
         seconds = time.time() - t0
         print(f'Evaluation took {seconds:.2f}s')
         record['evaluation'].append(dict(details, test_file=test_file, mode=args.eval_type, seconds=seconds,

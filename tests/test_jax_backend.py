@@ -5,7 +5,7 @@ import pytest
 
 import evaluation
 from gru4rec import GRU4Rec, GRU4RecError
-from test_model import generated_sessions
+from test_model import generated_sessions, assert_chunked_evaluation_equals_per_step
 
 jax = pytest.importorskip('jax')
 
@@ -29,6 +29,23 @@ def test_jax_evaluation_equals_numba(model_file, mode):
         results[backend] = evaluation.evaluate_gpu(m, test, cut_off=[1, 5, 10], mode=mode)
     np.testing.assert_allclose(np.array(results['jax']), np.array(results['numba']), rtol=0, atol=1e-4)
     assert 0 < results['jax'][0][2] < 1
+
+
+def test_jax_evaluation_against_candidates_equals_numba(model_file):
+    """items=... (run.py --test_against_items): JAX slices the candidate columns with static shapes (it used
+    to fail to trace the dynamic slice)."""
+    test = generated_sessions(n_sessions=40, seed=3)
+    results = {}
+    for backend in ('numba', 'jax'):
+        m = GRU4Rec.loadmodel(model_file, backend=backend)
+        results[backend] = [evaluation.evaluate_gpu(m, test, items=[0, 2, 3, 5, 8, 13], cut_off=[1, 3], chunk=chunk)
+                            for chunk in (0, 5)]
+    np.testing.assert_allclose(np.array(results['jax']), np.array(results['numba']), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize('backend', ['numba', 'jax'])
+def test_chunked_evaluation_equals_per_step(model_file, backend):
+    assert_chunked_evaluation_equals_per_step(GRU4Rec.loadmodel(model_file, backend=backend))
 
 
 def test_jax_prediction_equals_numba(model_file):
@@ -104,7 +121,7 @@ def test_training_runs_on_the_chosen_device(tmp_path):
 import sys
 sys.path[:0] = [{tests!r}, {os.path.dirname(tests)!r}]
 import numpy as np
-from test_model import generated_sessions
+from test_model import generated_sessions, assert_chunked_evaluation_equals_per_step
 from gru4rec import GRU4Rec
 seen = []
 unpad = GRU4Rec._pad_items

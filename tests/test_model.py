@@ -9,6 +9,7 @@ import pytest
 
 import np_reference as ref
 import evaluation
+import gru4rec
 from gru4rec import GRU4Rec, GRU4RecError
 
 
@@ -42,11 +43,13 @@ TEST = sessions([0, 3, 0], [2, 1, 5])
 HAND_RANKS = {'standard': [4, 1, 5, 6], 'conservative': [4, 3, 5, 6], 'median': [4, 2, 5, 6]}
 
 
+@pytest.mark.parametrize('chunk', [0, 1, 3])
 @pytest.mark.parametrize('mode', ['standard', 'conservative', 'median'])
-def test_tie_modes_give_hand_worked_ranks(mode):
+def test_tie_modes_give_hand_worked_ranks(mode, chunk):
     ranks = np.array(HAND_RANKS[mode], dtype=float)
     cut_offs = [1, 2, 4, 5, 10]
-    recall, mrr = evaluation.evaluate_gpu(model_with_scores(SCORES), TEST, cut_off=cut_offs, batch_size=2, mode=mode)
+    recall, mrr = evaluation.evaluate_gpu(model_with_scores(SCORES), TEST, cut_off=cut_offs, batch_size=2, mode=mode,
+                                          chunk=chunk)
     for c, r, m in zip(cut_offs, recall, mrr):
         assert r == pytest.approx(np.mean(ranks <= c))
         assert m == pytest.approx(np.mean((ranks <= c) / ranks))
@@ -68,6 +71,47 @@ def test_candidate_items_and_targets_outside_them():
     # candidates {0, 1, 5}: target 3 (score 2) is not a candidate: ranked as if added -> 1 above (item 0)
     recall, mrr = evaluation.evaluate_gpu(m, sessions([0, 3]), items=[0, 1, 5], cut_off=[1, 2], mode='conservative')
     assert recall == [0.0, 1.0] and mrr == [0.0, 0.5]
+
+
+def event_counts(model, test, width, cand, chunk):
+    """(target, n_greater, n_equal) of every evaluated event, per step (chunk 0) or in chunks."""
+    items, offsets, _ = evaluation.prepare_test_data(model, test, 'SessionId', 'ItemId', 'Time')
+    batches = gru4rec.session_parallel_batches(items, offsets, np.arange(len(offsets) - 1), width)
+    counts = (evaluation.counts_chunked(model, batches, width, cand, chunk) if chunk else
+              evaluation.counts_per_step(model, batches, width, cand, False))
+    return [np.concatenate(c) for c in zip(*counts)]
+
+
+def assert_chunked_evaluation_equals_per_step(model):
+    """Chunked evaluation (fixed-width rows, finished slots scoring a dummy item) gives every event the
+    counts of the per-step loop (shrinking batches), with and without candidates, for full and ragged last
+    chunks; and the same metrics."""
+    test = generated_sessions(n_sessions=60, seed=3)
+    for cand in (None, np.array([0, 3, 5, 7, 9], dtype=np.int32)):
+        per_step = event_counts(model, test, 16, cand, 0)
+        assert len(per_step[0]) > 100 and per_step[1].max() > 0
+        for chunk in (1, 3, 7, 100):
+            for a, b in zip(event_counts(model, test, 16, cand, chunk), per_step):
+                np.testing.assert_array_equal(a, b)
+    for items in (None, [0, 3, 5, 7, 9]):
+        for mode in ('standard', 'median'):
+            per_step = evaluation.evaluate_gpu(model, test, items=items, cut_off=[1, 5], batch_size=16, mode=mode, chunk=0)
+            chunked = evaluation.evaluate_gpu(model, test, items=items, cut_off=[1, 5], batch_size=16, mode=mode, chunk=4)
+            np.testing.assert_allclose(chunked, per_step, rtol=1e-12)
+
+
+def test_chunked_evaluation_equals_per_step():
+    m = GRU4Rec(loss='bpr-max', final_act='elu-0.5', layers=[12], batch_size=8, n_sample=10, n_epochs=2,
+                backend='python')
+    m.fit(generated_sessions(n_sessions=120))
+    assert_chunked_evaluation_equals_per_step(m)
+
+
+def test_evaluation_chunk_argument():
+    m = model_with_scores(SCORES)
+    for bad in (-1, 'x', 2.5):
+        with pytest.raises(GRU4RecError, match='chunk'):
+            evaluation.evaluate_gpu(m, TEST, chunk=bad)
 
 
 def test_unseen_test_items_are_dropped_and_reported(capsys):
