@@ -960,8 +960,18 @@ class GRU4Rec:
         self._set_weights(self._init_weights(rng))
         self._logP0 = pytensor.shared(np.log(np.maximum(self.item_support, 1)).astype(FLOAT), name='logP0')
 
+    def nan_hint(self):
+        """A likely cause of a NaN loss that the parameters show, or ''."""
+        if self.loss == 'cross-entropy' and self.final_act != 'softmax':
+            return (f"loss='cross-entropy' takes the log of the final activation, which final_act="
+                    f"'{self.final_act}' can make negative: use final_act='softmax' (or loss='xe_logit' with "
+                    f"final_act='softmax_logit')")
+        return ''
+
     def _diverged(self, epoch, step):
         print(f'Epoch {epoch + 1}: NaN error! (step {step}); training stopped')
+        if self.nan_hint():
+            print(f'Hint: {self.nan_hint()}')
         self.error_during_train = True
         self.error_epoch, self.error_step = epoch + 1, step
         return self

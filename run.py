@@ -395,8 +395,8 @@ def _run(args, own, mod, evaluation):
         if gru.error_during_train:
             kept = ' (the checkpoint of the last finished epoch is kept)' if args.checkpoint_dir else ''
             print(f'ERROR. Training stopped: the loss became NaN in epoch {gru.error_epoch}, step {gru.error_step}. '
-                  f'No model was saved and no evaluation was run{kept}. Try a lower learning_rate or a grad_cap.',
-                  file=sys.stderr)
+                  f'No model was saved and no evaluation was run{kept}. '
+                  f'{gru.nan_hint() or "Try a lower learning_rate or a grad_cap"}.', file=sys.stderr)
             return EXIT_TRAINING_FAILED
         seconds = time.time() - t0
         record['training'] = {'seconds': seconds, 'epochs': [

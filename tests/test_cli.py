@@ -353,3 +353,12 @@ def test_bad_chunk_is_a_usage_error(files):
     r = run(files['train'], '-t', files['test'], '-ps', TINY, '--chunk', -1)
     assert r.returncode == 2 and r.stderr.startswith('ERROR.') and 'chunk must be >= 0' in r.stderr
     assert 'Traceback' not in r.stderr
+
+
+def test_nan_stop_exits_1_without_evaluating_and_names_the_cause(files, tmp_path):
+    model = tmp_path / 'model.gru4rec'
+    r = run(files['train'], '-t', files['test'], '-ps', TINY.replace('final_act=softmax', 'final_act=linear'), '-s', model)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr
+    assert r.stderr.startswith('ERROR. Training stopped: the loss became NaN in epoch 1')
+    assert "use final_act='softmax'" in r.stderr
+    assert 'Recall@' not in r.stdout and not model.exists()

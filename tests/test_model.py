@@ -282,6 +282,17 @@ def test_nan_loss_stops_training_and_blocks_prediction(capsys, chunk):
         evaluation.evaluate_gpu(m, generated_sessions(10, seed=1))
 
 
+def test_nan_from_cross_entropy_on_a_signed_activation_names_the_cause(capsys):
+    """cross-entropy is -log(activated score): with final_act='linear' negative scores give NaN at once (as in
+    the original); the stop says which parameter to change. Other NaN stops give no such hint."""
+    m = GRU4Rec(**dict(TINY, loss='cross-entropy', final_act='linear')).fit(generated_sessions())
+    out = capsys.readouterr().out
+    assert m.error_during_train and "Hint: loss='cross-entropy' takes the log" in out and "final_act='softmax'" in out
+    ok = GRU4Rec(**dict(TINY, loss='cross-entropy', final_act='softmax')).fit(generated_sessions())
+    assert not ok.error_during_train and ok.nan_hint() == ''
+    assert GRU4Rec(**dict(TINY, loss='bpr-max', final_act='linear')).nan_hint() == ''
+
+
 @pytest.mark.slow
 def test_numba_backend_matches_reference_backend():
     """The real CPU backend computes what the numpy-based reference backend computes."""
