@@ -71,10 +71,10 @@ FUSE_BY_DEFAULT = {'numba': True, 'jax': True, 'python': False}
 # batched); chunk=0 keeps the original's shrinking minibatches, one call each.
 CHUNK_BY_DEFAULT = {'numba': 100, 'jax': 100, 'python': 0}
 
-# Minibatches per compiled evaluation call (evaluation.evaluate_gpu's chunk). On JAX the per-step loop is
-# bound by per-call overhead (77k test events, 50 items, CPU: 0.24 s per step against 0.10 s in chunks of 100
-# at batch 100). On Numba evaluation is bound by arithmetic, and the fixed width of a chunk computes the rows
-# of finished slots through the tail of the test set (up to ~13% more rows at batch 512), so it steps.
+# Minibatches per compiled evaluation call (evaluation.evaluate_gpu's chunk). JAX-on-CPU, Diginetica's test set
+# against 9k items at batch 512: 1.1-1.2 s one call per minibatch, 0.63-0.70 s in chunks (per-call overhead
+# and a faster loop body); a GPU's per-call overhead is larger still. Numba on the same: 0.54-0.58 s per
+# minibatch, 0.80-0.83 s in chunks (a chunk's fixed width also computes finished slots' rows), so it steps.
 EVAL_CHUNK_BY_DEFAULT = {'numba': 0, 'jax': 100, 'python': 0}
 
 # Where GRU4Rec.fit's negative samples come from (its store_type). 'gpu': drawn inside the compiled step

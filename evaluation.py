@@ -74,11 +74,16 @@ def counts_chunked(gru, batches, width, cand, chunk):
     """The same counts as counts_per_step, `chunk` minibatches per compiled call (GRU4Rec.rank_chunk_function),
     yielded per call. Slot s stays row s of a fixed-width batch; a finished slot's row scores item 0 with a
     reset and its counts are dropped (rows do not interact in evaluation, so nothing else needs masking).
-    On JAX (static shapes) the last call is padded with such rows to `chunk` steps, so that one compiled
-    function serves any test set; its results are read after the next call has been dispatched, so the host's
-    preparation overlaps the device's work."""
+    On JAX (static shapes) the minibatches are split into calls of equal length (at most `chunk`; the last is
+    padded with such rows, by fewer steps than there are calls), so that the compiled function of a test set
+    is reused and little is computed in vain; a call's results are read after the next call has been
+    dispatched, so the host's preparation overlaps the device's work."""
     n_cand = None if cand is None else len(cand)
     pad = gru._backend() == 'jax'
+    if pad:
+        batches = list(batches)
+        n_calls = max(1, -(-len(batches) // chunk))
+        chunk = max(1, -(-len(batches) // n_calls))
     H = [np.zeros((width, u), dtype=np.float32) for u in gru.layers]
     active = np.arange(width)                       # row of each active slot, in slot order
     steps = []
