@@ -90,7 +90,7 @@ def assert_chunked_evaluation_equals_per_step(model):
     for cand in (None, np.array([0, 3, 5, 7, 9], dtype=np.int32)):
         per_step = event_counts(model, test, 16, cand, 0)
         assert len(per_step[0]) > 100 and per_step[1].max() > 0
-        for chunk in (1, 3, 7, 100):
+        for chunk in (1, 7, 100):
             for a, b in zip(event_counts(model, test, 16, cand, chunk), per_step):
                 np.testing.assert_array_equal(a, b)
     for items in (None, [0, 3, 5, 7, 9]):
