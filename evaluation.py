@@ -146,8 +146,6 @@ def evaluate_gpu(gru, test_data, items=None, session_key='SessionId', item_key='
     if int(batch_size) < 1:
         raise GRU4RecError('batch_size must be >= 1')
     chunk = custom_opt.EVAL_CHUNK_BY_DEFAULT[gru._backend()] if chunk is None else _to_int_arg(chunk, 'chunk')
-    if chunk < 0:
-        raise GRU4RecError(f'chunk must be >= 0 (got {chunk})')
     print('Measuring Recall@{} and MRR@{}'.format(','.join(map(str, cut_off)), ','.join(map(str, cut_off))))
     test_items, offsets, n_dropped = prepare_test_data(gru, test_data, session_key, item_key, time_key)
     if n_dropped:

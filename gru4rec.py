@@ -737,8 +737,6 @@ class GRU4Rec:
         backend = self._backend()
         self._mode()   # checks the device (JAX must see it) before anything changes
         chunk = custom_opt.CHUNK_BY_DEFAULT[backend] if chunk is None else _to_int_arg(chunk, 'chunk')
-        if chunk < 0:
-            raise GRU4RecError(f'chunk must be >= 0 (got {chunk})')
         if chunk == 0 and backend == 'jax':
             raise GRU4RecError('The JAX backend trains in chunks only (static shapes): use chunk > 0')
         store_type = custom_opt.STORE_BY_DEFAULT[backend] if store_type is None else store_type
@@ -970,8 +968,8 @@ class GRU4Rec:
 
     def _diverged(self, epoch, step):
         print(f'Epoch {epoch + 1}: NaN error! (step {step}); training stopped')
-        if self.nan_hint():
-            print(f'Hint: {self.nan_hint()}')
+        if hint := self.nan_hint():
+            print(f'Hint: {hint}')
         self.error_during_train = True
         self.error_epoch, self.error_step = epoch + 1, step
         return self

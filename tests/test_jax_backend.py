@@ -122,7 +122,7 @@ def test_training_runs_on_the_chosen_device(tmp_path):
 import sys
 sys.path[:0] = [{tests!r}, {os.path.dirname(tests)!r}]
 import numpy as np
-from test_model import generated_sessions, assert_chunked_evaluation_equals_per_step
+from test_model import generated_sessions
 from gru4rec import GRU4Rec
 seen = []
 unpad = GRU4Rec._pad_items
