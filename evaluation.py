@@ -164,13 +164,13 @@ def evaluate_gpu(gru, test_data, items=None, session_key='SessionId', item_key='
     n = 0
     width = min(int(batch_size), len(offsets) - 1)
     order = np.arange(len(offsets) - 1)
-    batches = progress(session_parallel_batches(test_items, offsets, order, width),
-                       len(test_items) - len(order), 'Evaluation')
+    batches = session_parallel_batches(test_items, offsets, order, width)
     if chunk and mode != 'tiebreaking':
         counts = counts_chunked(gru, batches, width, cand, chunk)
     else:
         counts = counts_per_step(gru, batches, width, cand, mode == 'tiebreaking')
-    for out, n_greater, n_equal in counts:
+    # the bar counts scored events (a chunked run lists its minibatches first, so batches would run ahead)
+    for out, n_greater, n_equal in progress(counts, len(test_items) - len(order), 'Evaluation'):
         if cand is not None:  # a target outside the candidate set is ranked as if it were added to it
             n_equal = n_equal + ~in_cand[out]
         rank = ranks_from_counts(n_greater, n_equal, mode)

@@ -1313,8 +1313,9 @@ def _read_safe_model(f, fname):
 # ---------------------------------------------------------------------------------------------
 
 def progress(batches, total, desc):
-    """The minibatches of session_parallel_batches behind a tqdm progress bar (events done of `total`) when
-    stdout is a terminal and tqdm is installed; otherwise the minibatches unchanged."""
+    """Tuples whose first entry holds one entry per event (minibatches, or evaluation's per-call counts) behind
+    a tqdm progress bar (events done of `total`) when stdout is a terminal and tqdm is installed; otherwise
+    the tuples unchanged."""
     if not sys.stdout.isatty():
         return batches
     try:

@@ -352,6 +352,35 @@ def test_progress_bars_only_on_a_terminal(capsys, monkeypatch):
     assert re.search(r'^Epoch1 --> loss: ', captured.out, re.M)            # the original's lines unchanged
 
 
+def test_evaluation_bar_counts_scored_events(monkeypatch):
+    """The evaluation bar advances by the events of each result that comes back (per minibatch, or per
+    chunked call), and ends at the number of evaluated events."""
+    import sys
+    import types
+    updates = []
+
+    class FakeBar:
+        def __init__(self, total, **kwargs):
+            self.total = total
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            return False
+        def update(self, n):
+            updates.append((self.total, n))
+    monkeypatch.setitem(sys.modules, 'tqdm', types.SimpleNamespace(tqdm=FakeBar))
+    monkeypatch.setattr(sys.stdout, 'isatty', lambda: True)
+    m = GRU4Rec(**TINY).fit(generated_sessions())
+    updates.clear()
+    test = generated_sessions(30, seed=9)
+    per_step = evaluation.evaluate_gpu(m, test, batch_size=8, chunk=0, return_details=True)[2]['events']
+    steps = len(updates)
+    assert sum(n for _, n in updates) == per_step and {t for t, _ in updates} == {per_step}
+    updates.clear()
+    evaluation.evaluate_gpu(m, test, batch_size=8, chunk=4)
+    assert sum(n for _, n in updates) == per_step and len(updates) == -(-steps // 4)
+
+
 def test_resume_continues_the_in_graph_negative_draws(tmp_path):
     """store_type='gpu' numbers the steps over all epochs; a resumed run continues from the checkpoint's step
     and ends with the weights of the uninterrupted run (restarting the draws at step 0 would not)."""
