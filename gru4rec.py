@@ -943,7 +943,7 @@ class GRU4Rec:
 
     def _check_memory(self, sample_store):
         parts = self.memory_estimate(self.n_items, sample_store)
-        need, free = sum(parts.values()), available_memory(self._backend() == 'jax')
+        need, free = sum(parts.values()), available_memory(self._backend() == 'jax', self.device)
         if free is not None and need > free:
             gib = lambda b: f'{b / 2 ** 30:.2f} GiB'
             detail = ', '.join(f'{k} {gib(v)}' for k, v in parts.items())
@@ -1499,15 +1499,16 @@ class NoiseInputs:
         return values
 
 
-def available_memory(accelerator=False):
-    """Bytes available to a new allocation: free memory of the first JAX GPU if accelerator is set and JAX
-    runs on a GPU, else this machine's available RAM (Linux MemAvailable); None if unknown."""
+def available_memory(accelerator=False, device=None):
+    """Bytes available to a new allocation: free memory of the JAX GPU that the JAX backend will use (device
+    as in custom_opt.parse_device; None = JAX's default device) if accelerator is set and that is a GPU, else
+    this machine's available RAM (Linux MemAvailable); None if unknown."""
     if accelerator:
         try:
             import jax
-            device = jax.devices()[0]
-            if device.platform == 'gpu':
-                stats = device.memory_stats()
+            dev = jax.devices()[0] if device is None else custom_opt.jax_device(device)
+            if dev.platform == 'gpu':
+                stats = dev.memory_stats()
                 return int(stats['bytes_limit'] - stats['bytes_in_use'])
         except Exception:   # no JAX, no GPU or no statistics: fall back to the host memory
             pass

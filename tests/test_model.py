@@ -315,11 +315,30 @@ def test_memory_estimate_and_refusal(monkeypatch):
     item_weights = 4 * 2_000_000 * (300 + 100 + 1)                # one-hot Wx0, Wy, By
     assert parts == {'item weights': item_weights, 'optimiser state': 2 * item_weights,
                      'sample store': 4 * 2048 * (10_000_000 // 2048)}
-    monkeypatch.setattr(module, 'available_memory', lambda accelerator=False: 10 * 2 ** 20)   # pretend 10 MiB are free
+    monkeypatch.setattr(module, 'available_memory', lambda accelerator=False, device=None: 10 * 2 ** 20)   # pretend 10 MiB are free
     data = generated_sessions()
     with pytest.raises(GRU4RecError, match=r'needs about .* GiB .*sample store .* lower the sample store size'):
         GRU4Rec(**TINY).fit(data)                              # the 10M-id store alone is ~40 MB
     GRU4Rec(**TINY).fit(data, sample_store=1000)               # a small store fits
+
+
+def test_available_memory_asks_the_selected_gpu(monkeypatch):
+    """On the JAX backend the memory check reads the statistics of the GPU the model will use (cuda:1 here),
+    and host RAM when JAX does not run on a GPU."""
+    import types
+    import custom_opt
+    import gru4rec as module
+    pytest.importorskip('jax')
+    asked = []
+
+    def fake_device(name):
+        asked.append(name)
+        return types.SimpleNamespace(platform='gpu', memory_stats=lambda: {'bytes_limit': 5000, 'bytes_in_use': 1200})
+    monkeypatch.setattr(custom_opt, 'jax_device', fake_device)
+    assert module.available_memory(True, 'cuda:1') == 3800 and asked == ['cuda:1']
+    host = module.available_memory(False)
+    monkeypatch.setattr(custom_opt, 'jax_device', lambda name: types.SimpleNamespace(platform='cpu'))
+    assert abs(module.available_memory(True, 'cpu') - host) < 2 ** 30     # host RAM, not a GPU's
 
 
 def test_interrupted_save_leaves_the_previous_file(tmp_path, monkeypatch):
