@@ -106,10 +106,13 @@ def test_numba_kernel_rejects_out_of_range_rows():
         fn(np.array([0, N], np.int32), np.ones((2, D), np.float32))
 
 
+@pytest.mark.parametrize('occurrences', ['scratch', 'sort'])
 @pytest.mark.parametrize('adapt, mu, lmbd', [c for c in CASES if c[2] == 0.0] + [('adagrad', 0.5, 0.01)])
-def test_jax_implementation_equals_numpy_reference(adapt, mu, lmbd):
+def test_jax_implementation_equals_numpy_reference(adapt, mu, lmbd, occurrences, monkeypatch):
+    """Both ways of finding repeated rows (a scratch vector over the rows, or a sort of the indices)."""
     jax = pytest.importorskip('jax')
     jax.config.update('jax_enable_x64', False)
+    monkeypatch.setattr(gpu_ops, 'JAX_SCRATCH_ROWS_PER_INDEX', 10 ** 6 if occurrences == 'scratch' else 0)
     spec = spec_for(adapt, mu, lmbd)
     ref, got = start_arrays(spec), [jax.numpy.asarray(a) for a in start_arrays(spec)]
     fn = jax.jit(gpu_ops._jax_funcify_sparse_row_update(gpu_ops.SparseRowUpdate(*spec)))
