@@ -16,7 +16,8 @@ if compgen -G '.whl/*.whl' >/dev/null; then
         && export PYTHONPATH=/tmp/site || exit 1
 fi
 TRAIN=.gpudata/diginetica_train_full.tsv.gz TEST=.gpudata/diginetica_test.tsv.gz
-if [ "${SMALL:-0}" = 1 ]; then SIZE=(--events 20000 --epochs 2); SYN=(--items 2000 5000 --events 20000); else SIZE=(--events 0 --epochs 4); SYN=(--items 43000 2000000); fi
+if [ "${SMALL:-0}" = 1 ]; then SIZE=(--events 20000 --epochs 2); SYN=(--items 2000 5000 --events 20000); PARTS=(--items 5000 500000 --steps 20)
+else SIZE=(--events 0 --epochs 4); SYN=(--items 43000 2000000); PARTS=(--items 43000 500000 2000000); fi
 section() { echo; echo "=== $1 ($(date +%T))"; }
 
 section machine
@@ -32,6 +33,9 @@ timeout 240 $PY benchmarks/bench_cpu.py "$TRAIN" "${SIZE[@]}" --backend jax --ch
 
 section 'Diginetica, batch 256: XE + logQ (events/s)'
 timeout 120 $PY benchmarks/bench_cpu.py "$TRAIN" "${SIZE[@]}" --backend jax --chunk 100 --batch_size 256 --losses xe_logq 2>&1 | grep -v '^Epoch\|^The dataframe\|^Negative'
+
+section 'Catalogue-sized parts of a training step (us per step in a compiled loop): repeated-row methods, sampler'
+timeout 90 $PY benchmarks/jax_parts.py "${PARTS[@]}" 2>&1
 
 section 'Scaling: synthetic catalogues, training and evaluation on JAX'
 timeout 240 $PY benchmarks/bench_synthetic.py "${SYN[@]}" --backend jax --eval_backends jax 2>&1 | grep -v '^Epoch\|^Measuring\|^The dataframe\|^Negative'

@@ -60,3 +60,21 @@ def test_repeat_check_reports_identical_runs(tmp_path):
                         '--backend', 'python'], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert 'backend=python device=default' in r.stdout and 'bit-identical=True, max |weight difference|=0,' in r.stdout
+
+
+def test_jax_parts_prints_a_row_per_catalogue_and_the_method_gpu_ops_picks():
+    """jax_parts.py at toy sizes: one row per catalogue size with five timings, and the repeated-row method
+    that gpu_ops uses there (scratch up to JAX_SCRATCH_ROWS_PER_INDEX rows per index, else sort)."""
+    import re
+    import subprocess
+    pytest.importorskip('jax')
+    import gpu_ops
+    k = 64
+    small, large = 10 * k, (gpu_ops.JAX_SCRATCH_ROWS_PER_INDEX + 1) * k
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, 'benchmarks', 'jax_parts.py'), '--items', str(small), str(large),
+                        '--k', str(k), '--layers', '4', '--steps', '5'], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    num = r'(-?[\d.]+)'
+    rows = re.findall(rf'^\| ([\d,]+) \| {num} \| {num} \| {num} \| {num} \| {num} \| (scratch|sort) \|$', r.stdout, re.M)
+    assert [(int(row[0].replace(',', '')), row[-1]) for row in rows] == [(small, 'scratch'), (large, 'sort')]
