@@ -549,6 +549,11 @@ def _register_numba():
 JAX_SCRATCH_ROWS_PER_INDEX = 200
 
 
+def jax_occurrences_by_scratch(n_rows, k):
+    """Whether _jax_occurrences uses the scratch vector (else the sort) for k indices into n_rows rows."""
+    return n_rows <= JAX_SCRATCH_ROWS_PER_INDEX * k
+
+
 def _jax_occurrences(idx, n_rows):
     """(position of the first occurrence of each occurrence's row, whether it is the row's last occurrence)
     for an index vector idx of static length K into n_rows rows; both int32/bool vectors of length K."""
@@ -556,7 +561,7 @@ def _jax_occurrences(idx, n_rows):
     from jax import lax
     K = idx.shape[0]
     pos = jnp.arange(K, dtype=jnp.int32)
-    if n_rows <= JAX_SCRATCH_ROWS_PER_INDEX * K:
+    if jax_occurrences_by_scratch(n_rows, K):
         first_pos = jnp.full((n_rows,), K, jnp.int32).at[idx].min(pos)[idx]
         last = jnp.full((n_rows,), -1, jnp.int32).at[idx].max(pos)[idx] == pos
         return first_pos, last

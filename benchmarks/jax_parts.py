@@ -1,8 +1,9 @@
 """Per-step cost of the JAX training step's catalogue-sized parts, inside a compiled loop (as in chunked
-training; the marginal cost of an iteration, so no per-call dispatch or copy is counted): the repeated-row bookkeeping of the fused update by each of its
-two methods (int32 scratch over the catalogue, or a sort of the indices; gpu_ops._jax_occurrences), the whole
-fused Adagrad update of an [N x layers] matrix by each method, and the negative sampler (binary search of
-the popularity CDF). Prints one table row per catalogue size, and which method gpu_ops picks there.
+training; the marginal cost of an iteration, so no per-call dispatch or copy is counted): the repeated-row
+bookkeeping of the fused update by each of its two methods (int32 scratch over the catalogue, or a sort of
+the indices; gpu_ops._jax_occurrences), the whole fused Adagrad update of an [N x layers] matrix by each
+method, and the negative sampler (binary search of the popularity CDF). Prints one table row per catalogue
+size, and which method gpu_ops picks there.
 
     python benchmarks/jax_parts.py [--items 43000 2000000] [--k 2080] [--layers 100] [--steps 100]
 
@@ -63,6 +64,7 @@ def main():
     update = gpu_ops._jax_funcify_sparse_row_update(gpu_ops.SparseRowUpdate(*spec))
     rng = np.random.default_rng(0)
     steps, default_limit = args.steps, gpu_ops.JAX_SCRATCH_ROWS_PER_INDEX
+    compiled = functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
     rows = []
     for n in args.items:
         base = jnp.asarray(rng.integers(0, n, args.k).astype(np.int32))
@@ -71,7 +73,6 @@ def main():
         cdf = jnp.asarray(np.cumsum(1.0 / np.arange(1, n + 1)).astype(np.float32))
         cdf = cdf / cdf[-1]
         row = {}
-        compiled = functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
         for name, limit in (('scratch', 10 ** 12), ('sort', 0)):
             gpu_ops.JAX_SCRATCH_ROWS_PER_INDEX = limit      # read when the functions below are traced
 
@@ -98,7 +99,7 @@ def main():
             return lax.fori_loop(0, steps, body, acc)
         row['sampler'] = per_step_us(sampler, jnp.int32(0), (cdf,), steps)
         gpu_ops.JAX_SCRATCH_ROWS_PER_INDEX = default_limit
-        picked = 'scratch' if n <= gpu_ops.JAX_SCRATCH_ROWS_PER_INDEX * args.k else 'sort'
+        picked = 'scratch' if gpu_ops.jax_occurrences_by_scratch(n, args.k) else 'sort'
         rows.append((n, row, picked))
     print('\n| items | repeated rows: scratch us | sort us | Adagrad update: scratch us | sort us | sampler us | gpu_ops picks |')
     print('|---|---|---|---|---|---|---|')
