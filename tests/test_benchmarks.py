@@ -32,6 +32,35 @@ def test_too_few_events_for_the_catalogue_is_refused():
     assert test.SessionId.min() == 10 and test.ItemId.max() < 5000
 
 
+def test_training_and_test_sets_share_their_popular_items():
+    """Drawn with different session seeds, train and test rank the same items highest (one popularity
+    permutation); another popularity_seed moves them."""
+    def top(df, k=10):
+        return set(df.ItemId.value_counts().index[:k])
+    train = synthetic_sessions(2000, 40000, seed=1)
+    test = synthetic_sessions(2000, 20000, seed=2, cover_all=False, first_session=10 ** 9)
+    other = synthetic_sessions(2000, 20000, seed=2, cover_all=False, popularity_seed=1)
+    assert len(top(train) & top(test)) >= 8 and len(top(train) & top(other)) <= 2
+
+
+def test_bench_synthetic_prints_a_row_whose_recall_beats_chance(tmp_path):
+    """bench_synthetic.py end to end at a toy size (python backend): a row with speed figures and a
+    Recall@20 well above the 20/200 of a random ranking, since the test set shares the training set's
+    popular items (with two popularity permutations it was at chance)."""
+    import re
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, 'benchmarks', 'bench_synthetic.py'), '--items', '200',
+                        '--events', '3000', '--epochs', '2', '--n_sample', '16', '--layers', '8', '--backend', 'python',
+                        '--eval_backends', 'python'], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = re.findall(r'^\| 200 \| [\d,]+ \| [\d.]+ \| ([\d.]+) \| (\d+) \| ([\d,]+) \| ([\d.]+) \|$', r.stdout, re.M)
+    assert len(rows) == 1
+    mbs, eps, eval_eps, recall = rows[0]
+    assert float(mbs) > 0 and int(eps) > 0 and int(eval_eps.replace(',', '')) > 0
+    assert float(recall) > 0.3
+
+
 def test_bench_cpu_prints_training_and_evaluation_figures(tmp_path):
     """bench_cpu.py end to end on a tiny generated log (python backend): one table row per loss with
     mb/s, events/s and the evaluation pass over the test file."""
