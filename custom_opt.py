@@ -79,8 +79,9 @@ EVAL_CHUNK_BY_DEFAULT = {'numba': 0, 'jax': 100, 'python': 0}
 
 # Where GRU4Rec.fit's negative samples come from (its store_type). 'gpu': drawn inside the compiled step
 # (gpu_ops.SampleItems), nothing generated or sent by the host per step: what a GPU needs. 'cpu': numpy's
-# store on the host, which on Numba is faster than the in-graph draw (a guided search, ~33 us per 2048
-# samples over 43k items, against ~190 us for the kernel's latency-bound binary search).
+# store on the host, as the original on a CPU. On Numba the two ran within noise once the kernel searched
+# from a guide table (Diginetica 150k events, XE + logQ: 715 vs 728 mb/s; with a plain binary search the
+# in-graph draw was the slower, 661), so the CPU keeps the original's default.
 STORE_BY_DEFAULT = {'numba': 'cpu', 'jax': 'gpu', 'python': 'cpu'}
 
 

@@ -22,7 +22,9 @@ custom_opt.py replaces SparseRowUpdateGraph by SparseRowUpdate, and makes it in-
 SampleItems: negative samples drawn inside the compiled step (the original's GPU sample store, without
 the store): n item indices from a popularity CDF, with uniforms from a counter-based hash of (seed, step),
 so a step's draw is a pure function of its number -- identical on numpy, Numba and JAX, nothing to
-transfer per step, and reproducible after a resume.
+transfer per step, and reproducible after a resume. The kernels search from a guide table (cdf_guide) in
+a fixed few steps instead of a log2(N)-step loop (a loop nested in the training scan is, on a GPU, kernel
+launches per iteration); numpy's searchsorted is the reference.
 
 HashUniforms: the dropout noise the same way, one row per session slot: (seed, step, stream, slot, column).
 """
@@ -692,9 +694,46 @@ def hash_uniforms(seed, step, n, xp=np):
 
 def sample_from_cdf(cdf, seed, step, n, xp=np):
     """n item indices i with probability cdf[i] - cdf[i-1]: the first i with cdf[i] >= u (as the original's
-    CPU store; cdf is float32 like its GPU store's, last entry 1)."""
+    CPU store; cdf is float32 like its GPU store's, last entry 1). The definition that SampleItems'
+    kernels reproduce."""
     idx = xp.searchsorted(cdf, hash_uniforms(seed, step, n, xp), side='left')
     return xp.minimum(idx, len(cdf) - 1).astype(xp.int32)
+
+
+GUIDE_MAX_BITS = 24   # the uniforms are multiples of 2**-24: with at most 2**24 buckets, u * G is exact
+
+
+def cdf_guide(cdf):
+    """(guide, levels) for SampleItems. guide: G + 1 int32 entries, guide[k] = the first i with
+    cdf[i] >= k / G (at most the last index), for G a power of two with at least two buckets per item (at
+    most 2**GUIDE_MAX_BITS). A uniform u in bucket k = floor(u * G) has its answer in [guide[k],
+    guide[k + 1]]; levels = the binary-search steps that the widest such range needs (a few, instead of
+    log2(N): about 2 on a popularity^0.75 CDF)."""
+    cdf = np.asarray(cdf, dtype=np.float32)
+    bits = min(max(1, int(np.ceil(np.log2(2 * len(cdf))))), GUIDE_MAX_BITS)
+    n_buckets = 2 ** bits
+    # exact: float32 values and k / 2**bits are exact in float64, as the kernels' float32 comparisons are
+    guide = np.searchsorted(cdf.astype(np.float64), np.arange(n_buckets + 1) / n_buckets, side='left')
+    guide = np.minimum(guide, len(cdf) - 1).astype(np.int32)
+    widest = int(np.diff(guide).max())
+    return guide, int(np.ceil(np.log2(widest + 1)))
+
+
+def sample_from_guide(cdf, guide, levels, seed, step, n, xp=np):
+    """sample_from_cdf by the guide (cdf_guide)."""
+    return guided_search(cdf, guide, levels, hash_uniforms(seed, step, n, xp), xp)
+
+
+def guided_search(cdf, guide, levels, u, xp=np):
+    """searchsorted(cdf, u) (at most the last index) for float32 u in [0, 1), by the guide: from u's bucket
+    start, `levels` steps of halving size with no loop (a static graph XLA can compile into one GPU kernel).
+    One carried index: with two (lo and hi), XLA's CPU compile time grew ~5x per level (47 s at 8 levels)."""
+    n = cdf.shape[0]
+    lo = guide[(u * xp.float32(len(guide) - 1)).astype(xp.int32)]
+    for i in reversed(range(levels)):   # the answer is in [lo, lo + 2**(i + 1) - 1]: probe its half's end
+        step = 1 << i
+        lo = xp.where(cdf[xp.minimum(lo + (step - 1), n - 1)] < u, lo + step, lo)
+    return xp.minimum(lo, n - 1).astype(xp.int32)     # above only when u exceeds the last CDF value
 
 
 class _HashDraw(Op):
@@ -709,25 +748,37 @@ class _HashDraw(Op):
 
 
 class SampleItems(_HashDraw):
-    """(cdf: float32 vector, seed: uint32 scalar, step: uint32 scalar) -> n int32 item indices. No gradient
-    (the indices are integers; the scores of the sampled items get theirs through the gathers)."""
-    __props__ = ('n',)
+    """(cdf: float32 vector, guide: int32 vector, seed: uint32 scalar, step: uint32 scalar) -> n int32 item
+    indices, sample_from_cdf's draw. guide and levels come from cdf_guide(cdf): the kernels search from
+    the guide (perform, the reference, does not need it). No gradient (the indices are integers; the scores
+    of the sampled items get theirs through the gathers)."""
+    __props__ = ('n', 'levels')
 
-    def __init__(self, n):
-        self.n = int(n)
+    def __init__(self, n, levels):
+        self.n, self.levels = int(n), int(levels)
 
-    def make_node(self, cdf, seed, step):
-        cdf, seed, step = (pt.as_tensor_variable(v) for v in (cdf, seed, step))
-        if cdf.ndim != 1 or cdf.dtype != FLOAT or seed.ndim or step.ndim or seed.dtype != 'uint32' or step.dtype != 'uint32':
-            raise TypeError('SampleItems takes (cdf: float32 vector, seed: uint32 scalar, step: uint32 scalar)')
-        return Apply(self, [cdf, seed, step], [pt.tensor(dtype='int32', shape=(self.n,))])
+    def make_node(self, cdf, guide, seed, step):
+        cdf, guide, seed, step = (pt.as_tensor_variable(v) for v in (cdf, guide, seed, step))
+        if (cdf.ndim != 1 or cdf.dtype != FLOAT or guide.ndim != 1 or guide.dtype != 'int32' or seed.ndim or step.ndim
+                or seed.dtype != 'uint32' or step.dtype != 'uint32'):
+            raise TypeError('SampleItems takes (cdf: float32 vector, guide: int32 vector, seed: uint32 scalar, '
+                            'step: uint32 scalar)')
+        return Apply(self, [cdf, guide, seed, step], [pt.tensor(dtype='int32', shape=(self.n,))])
 
     def infer_shape(self, node, shapes):
         return [(self.n,)]
 
     def perform(self, node, inputs, outputs):
-        cdf, seed, step = inputs
+        cdf, _, seed, step = inputs
         outputs[0][0] = sample_from_cdf(cdf, np.uint32(seed), np.uint32(step), self.n)
+
+
+def sample_items(n, cdf, seed, step):
+    """SampleItems(n) of a float32 CDF held in a shared variable: its guide becomes a shared variable beside
+    it (on the device with it). Returns the n indices' variable."""
+    import pytensor
+    guide, levels = cdf_guide(cdf.get_value(borrow=True))
+    return SampleItems(n, levels)(cdf, pytensor.shared(guide, name=f'{cdf.name or "cdf"}_guide'), seed, step)
 
 
 @functools.cache
@@ -748,20 +799,23 @@ def _numba_lowbias32():
 
 @functools.cache
 def _numba_sample_kernel():
-    """sample_from_cdf as a Numba loop: the same hash in uint64 arithmetic masked to 32 bits."""
+    """sample_from_guide as a Numba loop: the same hash in uint64 arithmetic masked to 32 bits, then a
+    binary search within the range of the uniform's bucket."""
     import numba
     M = np.uint64(0xFFFFFFFF)
     lowbias32 = _numba_lowbias32()
 
     @numba.njit(nogil=True)
-    def kernel(cdf, seed, step, n):
+    def kernel(cdf, guide, seed, step, n):
         key = lowbias32((np.uint64(step) * np.uint64(0x9e3779b9) + np.uint64(seed)) & M)
+        n_buckets = np.float64(len(guide) - 1)
         out = np.empty(n, dtype=np.int32)
         for j in range(n):
             h = lowbias32((lowbias32(np.uint64(j) ^ key) + key) & M)
             u = np.float32(h >> np.uint64(8)) * np.float32(2.0 ** -24)
-            lo, hi = 0, len(cdf) - 1   # binary search: first i with cdf[i] >= u, at most the last index
-            while lo < hi:             # (Numba's np.searchsorted was 6x slower here)
+            k = int(np.float64(u) * n_buckets)                      # exact (cdf_guide)
+            lo, hi = guide[k], guide[k + 1]
+            while lo < hi:
                 mid = (lo + hi) // 2
                 if cdf[mid] < u:
                     lo = mid + 1
@@ -777,18 +831,18 @@ def _numba_funcify_sample_items(op, node=None, **kwargs):
     kernel, n = _numba_sample_kernel(), op.n
 
     @numba_njit
-    def sample_items(cdf, seed, step):
-        return kernel(cdf, seed.item(), step.item(), n)   # PyTensor passes scalars as 0-d arrays
-    return sample_items, _source_salt()
+    def sample_items_(cdf, guide, seed, step):
+        return kernel(cdf, guide, seed.item(), step.item(), n)   # PyTensor passes scalars as 0-d arrays
+    return sample_items_, _source_salt()
 
 
 def _jax_funcify_sample_items(op, node=None, **kwargs):
     import jax.numpy as jnp
-    n = op.n
+    n, levels = op.n, op.levels
 
-    def sample_items(cdf, seed, step):
-        return sample_from_cdf(cdf, seed, step, n, jnp)
-    return sample_items
+    def sample_items_(cdf, guide, seed, step):
+        return sample_from_guide(cdf, guide, levels, seed, step, n, jnp)
+    return sample_items_
 
 
 def hash_uniform_rows(seed, step, stream, slots, width, xp=np):

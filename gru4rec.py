@@ -591,7 +591,7 @@ class GRU4Rec:
             T, S = vector('Y', 'int32'), pt.scalar('S', dtype='uint32')
             Y = T
             if self.n_sample > 0:
-                Y = pt.concatenate([T, gpu_ops.SampleItems(self.n_sample)(self._sample_cdf, self._sample_seed, S)])
+                Y = pt.concatenate([T, gpu_ops.sample_items(self.n_sample, self._sample_cdf, self._sample_seed, S)])
             noise.hash_with(self._sample_seed, S)
             sample_inputs = [T, S]
         else:                       # M targets + n_sample negatives

@@ -214,9 +214,12 @@ def test_merge_repeated_into_a_sink_row_keeps_the_shape(mode):
     assert np.all(out_g[~real] == 0) and (~real).sum() == len(idx) - len(uniq)
 
 
-def sample_graph(n):
-    cdf, seed, step = pt.fvector('cdf'), pt.scalar('seed', dtype='uint32'), pt.scalar('step', dtype='uint32')
-    return [cdf, seed, step], gpu_ops.SampleItems(n)(cdf, seed, step)
+def sampler(cdf, n, mode='FAST_COMPILE'):
+    """f(seed, step) -> SampleItems' n draws from cdf, compiled in mode (its guide built by cdf_guide)."""
+    guide, levels = gpu_ops.cdf_guide(cdf)
+    seed, step = pt.scalar('seed', dtype='uint32'), pt.scalar('step', dtype='uint32')
+    f = pytensor.function([seed, step], gpu_ops.SampleItems(n, levels)(cdf, guide, seed, step), mode=mode)
+    return lambda seed, step: np.asarray(f(np.uint32(seed), np.uint32(step)))
 
 
 def popularity_cdf(n_items, alpha=0.75):
@@ -226,37 +229,72 @@ def popularity_cdf(n_items, alpha=0.75):
     return weights / weights.sum(), cdf
 
 
+def hard_cdfs():
+    """CDFs that stress the guide: popularity^0.75, one item, three equal items, zero-probability runs at
+    the start, middle and end, values exactly on bucket boundaries, and one item holding almost all mass."""
+    _, pop = popularity_cdf(5000)
+    gaps = pop.copy()
+    gaps[:50], gaps[100:300] = 0, gaps[99]
+    gaps[-40:-1] = gaps[-41]
+    steps = (np.arange(1, 65) / 64).astype(np.float32)          # every value a bucket boundary
+    skew = np.r_[np.float32(1e-7) * np.arange(1, 1000), 1].astype(np.float32)
+    return [pop, np.ones(1, np.float32), np.float32([1 / 3, 2 / 3, 1]), gaps, steps, skew]
+
+
+@pytest.mark.parametrize('xp_name', ['numpy', 'jax'])
+def test_guided_search_equals_searchsorted_at_every_boundary(xp_name):
+    """cdf_guide + guided_search against np.searchsorted (side='left', at most the last index), with u on
+    every bucket boundary and CDF value, one float32 step either side of them, 0, the largest u below 1, and
+    random u; levels is the fewest steps that are enough (one fewer fails on the popularity CDF)."""
+    xp = pytest.importorskip('jax.numpy') if xp_name == 'jax' else np
+    rng = np.random.default_rng(0)
+    for j, cdf in enumerate(hard_cdfs()):
+        guide, levels = gpu_ops.cdf_guide(cdf)
+        n_buckets = len(guide) - 1
+        assert n_buckets >= 2 * len(cdf) and n_buckets & (n_buckets - 1) == 0 and guide.dtype == np.int32
+        points = np.r_[np.arange(n_buckets) / n_buckets, cdf, 0, 1].astype(np.float32)
+        u = np.r_[points, np.nextafter(points, 0), np.nextafter(points, 1), rng.random(20000)].astype(np.float32)
+        u = np.unique(u[((u == 0) | (u >= 2 ** -24)) & (u < 1)])   # (no subnormals: XLA flushes them to 0)
+        expected = np.minimum(np.searchsorted(cdf, u, side='left'), len(cdf) - 1)
+        got = np.asarray(gpu_ops.guided_search(xp.asarray(cdf), xp.asarray(guide), levels, xp.asarray(u), xp))
+        np.testing.assert_array_equal(got, expected)
+        if j == 0:   # popularity^0.75 over 5000 items: a few steps instead of log2(5000) ~ 12.3, and no fewer would do
+            assert 1 <= levels <= 6
+            short = np.asarray(gpu_ops.guided_search(xp.asarray(cdf), xp.asarray(guide), levels - 1, xp.asarray(u), xp))
+            assert not np.array_equal(short, expected)
+
+
 def test_sample_items_follows_the_cdf():
     """200k draws over 20 items: each item's frequency within 5 standard errors of its probability; a
     step's draw depends on the step and the seed (and nothing else: the same call gives the same draw)."""
     probs, cdf = popularity_cdf(20)
-    inputs, out = sample_graph(2000)
-    f = pytensor.function(inputs, out, mode='FAST_COMPILE')
-    draws = np.concatenate([f(cdf, np.uint32(7), np.uint32(t)) for t in range(100)])
+    f = sampler(cdf, 2000)
+    draws = np.concatenate([f(7, t) for t in range(100)])
     freq = np.bincount(draws, minlength=20) / len(draws)
     assert np.all(np.abs(freq - probs) < 5 * np.sqrt(probs * (1 - probs) / len(draws)))
-    assert np.array_equal(f(cdf, np.uint32(7), np.uint32(3)), f(cdf, np.uint32(7), np.uint32(3)))
-    assert not np.array_equal(f(cdf, np.uint32(7), np.uint32(3)), f(cdf, np.uint32(7), np.uint32(4)))
-    assert not np.array_equal(f(cdf, np.uint32(7), np.uint32(3)), f(cdf, np.uint32(8), np.uint32(3)))
+    assert np.array_equal(f(7, 3), f(7, 3))
+    assert not np.array_equal(f(7, 3), f(7, 4))
+    assert not np.array_equal(f(7, 3), f(8, 3))
     # consecutive steps are not shifted copies of each other
-    a, b = f(cdf, np.uint32(7), np.uint32(0)), f(cdf, np.uint32(7), np.uint32(1))
+    a, b = f(7, 0), f(7, 1)
     assert max(np.mean(a[k:] == b[:len(b) - k]) for k in range(50)) < 0.5
 
 
 @pytest.mark.parametrize('backend', ['numba', 'jax'])
 def test_sample_items_is_identical_on_every_backend(backend):
+    """The kernels (searching from the guide) draw what the numpy reference (searchsorted) draws."""
     if backend == 'jax':
         pytest.importorskip('jax')
     _, cdf = popularity_cdf(5000)
     cdf[100:200] = cdf[99]                       # zero-probability items are never drawn
-    inputs, out = sample_graph(4096)
-    ref_fn = pytensor.function(inputs, out, mode='FAST_COMPILE')
-    fn = pytensor.function(inputs, out, mode=custom_opt.compile_mode(backend))
+    ref_fn, fn = sampler(cdf, 4096), sampler(cdf, 4096, custom_opt.compile_mode(backend))
     for seed, step in [(0, 0), (42, 1), (42, 2 ** 32 - 1), (2 ** 32 - 1, 12345)]:
-        expected = ref_fn(cdf, np.uint32(seed), np.uint32(step))
-        got = np.asarray(fn(cdf, np.uint32(seed), np.uint32(step)))
+        expected, got = ref_fn(seed, step), fn(seed, step)
         assert got.dtype == np.int32 and np.array_equal(got, expected)
         assert not np.any((expected >= 100) & (expected < 200)) and expected.max() < 5000
+    for cdf in hard_cdfs():
+        ref_fn, fn = sampler(cdf, 20000), sampler(cdf, 20000, custom_opt.compile_mode(backend))
+        np.testing.assert_array_equal(fn(3, 9), ref_fn(3, 9))
 
 
 @pytest.mark.parametrize('backend', ['numba', 'jax'])
