@@ -2,8 +2,9 @@
 training; the marginal cost of an iteration, so no per-call dispatch or copy is counted): the repeated-row
 bookkeeping of the fused update by each of its two methods (int32 scratch over the catalogue, or a sort of
 the indices; gpu_ops._jax_occurrences), the whole fused Adagrad update of an [N x layers] matrix by each
-method, and the negative sampler (binary search of the popularity CDF). Prints one table row per catalogue
-size, and which method gpu_ops picks there.
+method, and the negative sampler two ways (a binary search of the popularity CDF in a loop, and
+SampleItems' fixed few steps from a guide table). Prints one table row per catalogue size, and which
+repeated-row method gpu_ops picks there.
 
     python benchmarks/jax_parts.py [--items 43000 2000000] [--k 2080] [--layers 100] [--steps 100]
 
@@ -92,20 +93,33 @@ def main():
             row[name] = (per_step_us(occurrences, jnp.int32(0), (base,), steps),
                          per_step_us(full_update, state, (base, g), steps))
 
+        guide, levels = gpu_ops.cdf_guide(np.asarray(cdf))
+        guide = jnp.asarray(guide)
+
         @compiled
-        def sampler(steps, acc, cdf):
+        def search(steps, acc, cdf):          # log2(N) steps of a loop (jnp.searchsorted)
             def body(i, acc):
-                return acc + gpu_ops.sample_from_cdf(cdf, jnp.uint32(1), i.astype(jnp.uint32), args.k - 32, jnp)[0]
+                return acc + gpu_ops.sample_from_cdf(cdf, jnp.uint32(1), i.astype(jnp.uint32), args.k - 32, jnp).sum(dtype=jnp.int32)
             return lax.fori_loop(0, steps, body, acc)
-        row['sampler'] = per_step_us(sampler, jnp.int32(0), (cdf,), steps)
+
+        @compiled
+        def guided(steps, acc, cdf, guide):   # what SampleItems runs: a few unrolled steps from the guide
+            def body(i, acc):
+                return acc + gpu_ops.sample_from_guide(cdf, guide, levels, jnp.uint32(1), i.astype(jnp.uint32),
+                                                       args.k - 32, jnp).sum(dtype=jnp.int32)
+            return lax.fori_loop(0, steps, body, acc)
+        row['search'] = per_step_us(search, jnp.int32(0), (cdf,), steps)
+        row['guided'] = per_step_us(guided, jnp.int32(0), (cdf, guide), steps)
+        row['levels'] = levels
         gpu_ops.JAX_SCRATCH_ROWS_PER_INDEX = default_limit
         picked = 'scratch' if gpu_ops.jax_occurrences_by_scratch(n, args.k) else 'sort'
         rows.append((n, row, picked))
-    print('\n| items | repeated rows: scratch us | sort us | Adagrad update: scratch us | sort us | sampler us | gpu_ops picks |')
-    print('|---|---|---|---|---|---|---|')
+    print('\n| items | repeated rows: scratch us | sort us | Adagrad update: scratch us | sort us | gpu_ops picks '
+          '| sampler: binary search us | guided us (levels) |')
+    print('|---|---|---|---|---|---|---|---|')
     for n, row, picked in rows:
         print(f'| {n:,} | {row["scratch"][0]:.1f} | {row["sort"][0]:.1f} | {row["scratch"][1]:.1f} | '
-              f'{row["sort"][1]:.1f} | {row["sampler"]:.1f} | {picked} |')
+              f'{row["sort"][1]:.1f} | {picked} | {row["search"]:.1f} | {row["guided"]:.1f} ({row["levels"]}) |')
 
 
 if __name__ == '__main__':

@@ -92,8 +92,9 @@ def test_repeat_check_reports_identical_runs(tmp_path):
 
 
 def test_jax_parts_prints_a_row_per_catalogue_and_the_method_gpu_ops_picks():
-    """jax_parts.py at toy sizes: one row per catalogue size with five timings, and the repeated-row method
-    that gpu_ops uses there (scratch up to JAX_SCRATCH_ROWS_PER_INDEX rows per index, else sort)."""
+    """jax_parts.py at toy sizes: one row per catalogue size with six timings, the repeated-row method
+    that gpu_ops uses there (scratch up to JAX_SCRATCH_ROWS_PER_INDEX rows per index, else sort) and the
+    guided sampler's levels."""
     import re
     import subprocess
     pytest.importorskip('jax')
@@ -105,5 +106,7 @@ def test_jax_parts_prints_a_row_per_catalogue_and_the_method_gpu_ops_picks():
                         '--k', str(k), '--layers', '4', '--steps', '5'], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     num = r'(-?[\d.]+)'
-    rows = re.findall(rf'^\| ([\d,]+) \| {num} \| {num} \| {num} \| {num} \| {num} \| (scratch|sort) \|$', r.stdout, re.M)
-    assert [(int(row[0].replace(',', '')), row[-1]) for row in rows] == [(small, 'scratch'), (large, 'sort')]
+    rows = re.findall(rf'^\| ([\d,]+) \| {num} \| {num} \| {num} \| {num} \| (scratch|sort) \| {num} \| {num} \((\d+)\) \|$',
+                      r.stdout, re.M)
+    assert [(int(row[0].replace(',', '')), row[5]) for row in rows] == [(small, 'scratch'), (large, 'sort')]
+    assert all(1 <= int(row[-1]) <= 8 for row in rows)     # the guided sampler's levels
