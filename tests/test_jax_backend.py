@@ -161,3 +161,30 @@ def test_jax_checkpoint_resume_gives_the_uninterrupted_model(tmp_path, capsys):
     assert [e['loss'] for e in resumed.epoch_stats_] == [e['loss'] for e in full.epoch_stats_]
     for k, v in full.get_weights().items():
         np.testing.assert_array_equal(resumed.get_weights()[k], v, err_msg=k)
+
+
+def test_chunked_training_and_evaluation_compile_to_one_loop_each(tmp_path):
+    """On a GPU each iteration of an XLA loop is its own kernel launches, so a compiled call must be the one
+    loop over its steps with nothing nested in it (the in-graph negative sampler searches from a guide table
+    in a few unrolled steps, not a log2(N)-step loop). Counts the while loops in XLA's optimised HLO of a
+    small chunked fit with in-graph sampling and dropout, and of a chunked evaluation (in a subprocess: XLA
+    reads XLA_FLAGS when JAX starts)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        'import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]\n'
+        'import evaluation\n'
+        'from gru4rec import GRU4Rec\n'
+        'from test_model import generated_sessions\n'
+        'm = GRU4Rec(layers=[8], batch_size=8, n_sample=300, n_epochs=1, momentum=0.2, logq=1.0, dropout_p_hidden=0.2,\n'
+        '            backend="jax").fit(generated_sessions(n_sessions=150), chunk=20, store_type="gpu")\n'
+        'evaluation.evaluate_gpu(m, generated_sessions(n_sessions=30, seed=3), chunk=10)\n')
+    env = dict(os.environ, XLA_FLAGS=f'--xla_dump_to={tmp_path} --xla_dump_hlo_as_text')
+    r = subprocess.run([sys.executable, '-c', code, root], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    loops = [len(re.findall(r'\swhile\(%', f.read_text()))   # instructions `[ROOT] %name = (...) while(%operand)`
+             for f in tmp_path.glob('*after_optimizations.txt')]
+    assert max(loops) == 1 and loops.count(1) >= 2     # training and evaluation, each a single loop
