@@ -9,8 +9,8 @@
 # section then reports the missing GPU).
 # The whole script stays inside one device call: every section's time limit is cut to what is left of
 # BUDGET seconds (default 560, under the 600 s a call may run), most important sections first, and a
-# section with under 20 s left is skipped with a line saying so. ONLY='b32 scaling' (keys: correctness b32
-# b256 parts scaling determinism) reruns chosen sections. With $OUT set, the output is also kept in
+# section with under 20 s left is skipped with a line saying so. ONLY='b32 scaling' (keys: b32 b256 parts
+# scaling correctness determinism host_store) reruns chosen sections. With $OUT set, the output is also kept in
 # $OUT/gpu_check.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,4 +58,7 @@ if section determinism 180 'Run-to-run determinism on the GPU (repeated items ar
     timeout $((T / 2)) $PY benchmarks/repeat_check.py "$TRAIN" --events 20000 --backend jax --device cuda 2>&1 | grep 'bit-identical\|Error'
     XLA_FLAGS=--xla_gpu_deterministic_ops=true timeout $((T / 2)) $PY benchmarks/repeat_check.py "$TRAIN" --events 20000 --backend jax --device cuda 2>&1 | grep 'bit-identical\|Error'
 fi
+section host_store 120 'Diginetica, batch 32, XE + logQ with negatives from the host store (store_type cpu), for comparison' &&
+timeout $T $PY benchmarks/bench_cpu.py "$TRAIN" "${SIZE[@]}" --backend jax --chunk 100 --losses xe_logq --store_type cpu 2>&1 | grep -v '^Epoch\|^The dataframe\|^Negative\|^Created'
+
 echo; echo "=== done ($(date +%T), ${SECONDS}s)"
