@@ -12,8 +12,9 @@ the same way, with the same items popular. Prints one table row per size: traini
 (median of the epochs after the first; the first includes compilation), evaluation events/s (full
 catalogue, warm compiled function, data loaded) per backend, the seconds it took to generate the data,
 and Recall@20 on the test set (a sanity check only: the sessions carry no sequence to learn, so it
-reflects learned popularity). Training runs on --backend (Numba by default; JAX trains in chunks of
---chunk minibatches); evaluation on every backend listed whose package is installed.
+reflects learned popularity; with --events near --items the forced once-each occurrences leave the
+training set nearly uniform, and it is ~0). Training runs on --backend (Numba by default; JAX trains in
+chunks of --chunk minibatches); evaluation on every backend listed whose package is installed.
 """
 import argparse
 import os
