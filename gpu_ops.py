@@ -704,15 +704,18 @@ GUIDE_MAX_BITS = 24   # the uniforms are multiples of 2**-24: with at most 2**24
 
 
 def cdf_guide(cdf):
-    """(guide, levels) for SampleItems. guide: G + 1 int32 entries, guide[k] = the first i with
-    cdf[i] >= k / G (at most the last index), for G a power of two with at least two buckets per item (at
-    most 2**GUIDE_MAX_BITS). A uniform u in bucket k = floor(u * G) has its answer in [guide[k],
-    guide[k + 1]]; levels = the binary-search steps that the widest such range needs (a few instead of
-    log2(N): 2 instead of 16 on Diginetica's support^0.75)."""
-    cdf = np.asarray(cdf, dtype=np.float32)
+    """(guide, levels) for searching a float32 or float64 CDF (SampleItems; the host store's float64 one).
+    guide: G + 1 int32 entries, guide[k] = the first i with cdf[i] >= k / G (at most the last index), for G
+    a power of two with at least two buckets per item (at most 2**GUIDE_MAX_BITS). A uniform u in bucket
+    k = floor(u * G) (exact: G is a power of two) has its answer in [guide[k], guide[k + 1]]; levels = the
+    binary-search steps that the widest such range needs (a few instead of log2(N): 2 instead of 16 on
+    Diginetica's support^0.75)."""
+    cdf = np.asarray(cdf)
+    if cdf.dtype not in (np.float32, np.float64):
+        raise TypeError(f'cdf_guide takes a float32 or float64 CDF, not {cdf.dtype}')
     bits = min(max(1, int(np.ceil(np.log2(2 * len(cdf))))), GUIDE_MAX_BITS)
     n_buckets = 2 ** bits
-    # exact: float32 values and k / 2**bits are exact in float64, as the kernels' float32 comparisons are
+    # exact: the CDF's values and k / 2**bits are exact in float64, as the kernels' comparisons are
     guide = np.searchsorted(cdf.astype(np.float64), np.arange(n_buckets + 1) / n_buckets, side='left')
     guide = np.minimum(guide, len(cdf) - 1).astype(np.int32)
     widest = int(np.diff(guide).max())
@@ -798,30 +801,56 @@ def _numba_lowbias32():
 
 
 @functools.cache
+def _numba_bucket_search():
+    """search(cdf, guide, u) -> guided_search for one u (Numba): a binary search within the range of u's
+    bucket, compared in the dtypes of cdf and u. Shared by SampleItems' kernel and the host store."""
+    import numba
+
+    @numba.njit(nogil=True)
+    def search(cdf, guide, u):
+        k = int(np.float64(u) * np.float64(len(guide) - 1))     # exact (cdf_guide)
+        lo, hi = guide[k], guide[k + 1]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if cdf[mid] < u:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+    return search
+
+
+@functools.cache
+def numba_guided_search():
+    """search(cdf, guide, u) -> int32 searchsorted(cdf, u) (at most the last index) for every u of a vector
+    in [0, 1), by the guide of cdf_guide (Numba, compiled on first use)."""
+    import numba
+    search_one = _numba_bucket_search()
+
+    @numba.njit(nogil=True)
+    def search(cdf, guide, u):
+        out = np.empty(len(u), dtype=np.int32)
+        for j in range(len(u)):
+            out[j] = search_one(cdf, guide, u[j])
+        return out
+    return search
+
+
+@functools.cache
 def _numba_sample_kernel():
-    """sample_from_guide as a Numba loop: the same hash in uint64 arithmetic masked to 32 bits, then a
-    binary search within the range of the uniform's bucket."""
+    """sample_from_guide as a Numba loop: the same hash in uint64 arithmetic masked to 32 bits, then the
+    search within the uniform's bucket."""
     import numba
     M = np.uint64(0xFFFFFFFF)
-    lowbias32 = _numba_lowbias32()
+    lowbias32, search_one = _numba_lowbias32(), _numba_bucket_search()
 
     @numba.njit(nogil=True)
     def kernel(cdf, guide, seed, step, n):
         key = lowbias32((np.uint64(step) * np.uint64(0x9e3779b9) + np.uint64(seed)) & M)
-        n_buckets = np.float64(len(guide) - 1)
         out = np.empty(n, dtype=np.int32)
         for j in range(n):
             h = lowbias32((lowbias32(np.uint64(j) ^ key) + key) & M)
-            u = np.float32(h >> np.uint64(8)) * np.float32(2.0 ** -24)
-            k = int(np.float64(u) * n_buckets)                      # exact (cdf_guide)
-            lo, hi = guide[k], guide[k + 1]
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if cdf[mid] < u:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            out[j] = lo
+            out[j] = search_one(cdf, guide, np.float32(h >> np.uint64(8)) * np.float32(2.0 ** -24))
         return out
     return kernel
 

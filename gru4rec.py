@@ -1372,9 +1372,7 @@ class NegativeSampler:
         self.n_sample, self.rng, self.n_items = n_sample, rng, len(support)
         self.cdf = sampling_cdf(support, alpha)
         self.uniform = alpha == 0
-        # guide[k] = first index whose CDF value reaches k / n_buckets: the search for u starts there
-        self.n_buckets = len(self.cdf)
-        self.guide = np.searchsorted(self.cdf, np.arange(self.n_buckets) / self.n_buckets)
+        self.guide, _ = gpu_ops.cdf_guide(self.cdf)   # the search for u starts at its bucket's entry
         self.rows = store_size // n_sample
         if self.rows <= 1:
             print('No example store was used')
@@ -1394,7 +1392,7 @@ class NegativeSampler:
 
     def search(self, u):
         """np.searchsorted(cdf, u): the smallest i with cdf[i] >= u, for every u in [0, 1)."""
-        return _guided_search()(self.cdf, self.guide, u)
+        return gpu_ops.numba_guided_search()(self.cdf, self.guide, u)
 
     def inputs(self, targets):
         """The step's target and sample inputs: the targets followed by the next n_sample negatives."""
@@ -1433,29 +1431,6 @@ class RandomChain:
     @property
     def updates(self):
         return [(self.shared, self.current)] if self.current is not self.shared else []
-
-
-@functools.cache
-def _guided_search():
-    """A Numba kernel (compiled on first use; no disk cache, see gpu_ops' Numba section) for
-    NegativeSampler.search: start at the guide entry of u's bucket and step to the answer, about two steps on
-    average instead of log2(N)."""
-    import numba
-
-    @numba.njit(nogil=True)
-    def search(cdf, guide, u):
-        n_buckets = len(guide)
-        out = np.empty(len(u), dtype=np.int32)
-        for j in range(len(u)):
-            x = u[j]
-            i = guide[min(int(x * n_buckets), n_buckets - 1)]
-            while i > 0 and cdf[i - 1] >= x:   # rounding of the bucket overshot
-                i -= 1
-            while cdf[i] < x:                  # terminates: cdf[-1] == 1 > x
-                i += 1
-            out[j] = i
-        return out
-    return search
 
 
 class NoiseInputs:

@@ -241,27 +241,46 @@ def hard_cdfs():
     return [pop, np.ones(1, np.float32), np.float32([1 / 3, 2 / 3, 1]), gaps, steps, skew]
 
 
-@pytest.mark.parametrize('xp_name', ['numpy', 'jax'])
-def test_guided_search_equals_searchsorted_at_every_boundary(xp_name):
-    """cdf_guide + guided_search against np.searchsorted (side='left', at most the last index), with u on
-    every bucket boundary and CDF value, one float32 step either side of them, 0, the largest u below 1, and
-    random u; levels is the fewest steps that are enough (one fewer fails on the popularity CDF)."""
-    xp = pytest.importorskip('jax.numpy') if xp_name == 'jax' else np
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('impl', ['numpy', 'jax', 'numba'])
+def test_guided_search_equals_searchsorted_at_every_boundary(impl, dtype):
+    """cdf_guide + guided_search (numpy, JAX) and numba_guided_search (Numba: SampleItems' kernel and the
+    host store) against np.searchsorted (side='left', at most the last index), in float32 (the device's CDF)
+    and float64 (the host store's), with u on every bucket boundary and CDF value, one step either side of
+    them, 0, the largest u below 1, and random u; levels is the fewest steps that are enough (one fewer fails
+    on the popularity CDF)."""
+    if impl == 'jax' and dtype == np.float64:
+        pytest.skip('JAX runs in float32 (no x64)')
+    xp = pytest.importorskip('jax.numpy') if impl == 'jax' else np
     rng = np.random.default_rng(0)
-    for j, cdf in enumerate(hard_cdfs()):
+    cdfs = hard_cdfs()
+    if dtype == np.float64:   # the same CDFs in float64, then with values between float32 ones (and boundaries)
+        cdfs = [c.astype(np.float64) for c in cdfs] + [
+            np.r_[np.cumsum(np.diff(np.r_[0, c.astype(np.float64)]) * (1 + 1e-9))[:-1], 1] for c in cdfs]
+    for j, cdf in enumerate(cdfs):
         guide, levels = gpu_ops.cdf_guide(cdf)
         n_buckets = len(guide) - 1
         assert n_buckets >= 2 * len(cdf) and n_buckets & (n_buckets - 1) == 0 and guide.dtype == np.int32
-        points = np.r_[np.arange(n_buckets) / n_buckets, cdf, 0, 1].astype(np.float32)
-        u = np.r_[points, np.nextafter(points, 0), np.nextafter(points, 1), rng.random(20000)].astype(np.float32)
-        u = np.unique(u[((u == 0) | (u >= 2 ** -24)) & (u < 1)])   # (no subnormals: XLA flushes them to 0)
+        points = np.r_[np.arange(n_buckets) / n_buckets, cdf, 0, 1].astype(dtype)
+        u = np.r_[points, np.nextafter(points, dtype(0)), np.nextafter(points, dtype(1)), rng.random(20000)].astype(dtype)
+        tiny = 2.0 ** -24 if dtype == np.float32 else 2.0 ** -53  # (no float32 subnormals: XLA flushes them to 0)
+        u = np.unique(u[((u == 0) | (u >= tiny)) & (u < 1)])
         expected = np.minimum(np.searchsorted(cdf, u, side='left'), len(cdf) - 1)
-        got = np.asarray(gpu_ops.guided_search(xp.asarray(cdf), xp.asarray(guide), levels, xp.asarray(u), xp))
+        if impl == 'numba':
+            got = gpu_ops.numba_guided_search()(cdf, guide, u)
+            assert got.dtype == np.int32
+        else:
+            got = np.asarray(gpu_ops.guided_search(xp.asarray(cdf), xp.asarray(guide), levels, xp.asarray(u), xp))
         np.testing.assert_array_equal(got, expected)
-        if j == 0:   # popularity^0.75 over 5000 items: a few steps instead of log2(5000) ~ 12.3, and no fewer would do
+        if j == 0 and impl != 'numba':   # popularity^0.75 over 5000 items: a few steps, not log2(5000) ~ 12.3
             assert 1 <= levels <= 6
             short = np.asarray(gpu_ops.guided_search(xp.asarray(cdf), xp.asarray(guide), levels - 1, xp.asarray(u), xp))
             assert not np.array_equal(short, expected)
+
+
+def test_cdf_guide_rejects_other_dtypes():
+    with pytest.raises(TypeError, match='float32 or float64'):
+        gpu_ops.cdf_guide(np.array([1, 2, 3]))
 
 
 def test_sample_items_follows_the_cdf():

@@ -431,3 +431,21 @@ def test_python_api_with_the_default_backend(tmp_path):
     ids = list(loaded.itemidmap.index[:2])
     np.testing.assert_allclose(loaded.predict_next_batch([1, 2], ids, batch=2).values,
                                m.predict_next_batch([1, 2], ids, batch=2).values, rtol=1e-6)
+
+
+def test_host_store_draws_what_searchsorted_draws():
+    """store_type='cpu': the store holds the original's draw, np.searchsorted(cdf, uniforms) on the float64
+    CDF of support ** alpha with the uniforms of the same generator, in the same order (the guided search is
+    only faster); a store of one row draws every step; alpha = 0 draws uniform integers."""
+    rng = np.random.default_rng(5)
+    support = rng.integers(1, 500, size=3000) ** 2           # skewed, with repeated counts
+    cdf = gru4rec.sampling_cdf(support, 0.75)
+    sampler = gru4rec.NegativeSampler(support, 0.75, 64, 64 * 40, np.random.default_rng(11))
+    expected = np.searchsorted(cdf, np.random.default_rng(11).random(64 * 80)).reshape(80, 64)
+    assert sampler.store.dtype == np.int32 and np.array_equal(sampler.store, expected[:40])
+    drawn = np.array([sampler.next() for _ in range(80)])    # the store is refilled from the same generator
+    assert np.array_equal(drawn, expected)
+    every_step = gru4rec.NegativeSampler(support, 0.75, 64, 64, np.random.default_rng(11))
+    assert np.array_equal(np.array([every_step.next() for _ in range(3)]), expected[:3])
+    flat = gru4rec.NegativeSampler(support, 0.0, 64, 64 * 40, np.random.default_rng(11))
+    assert np.array_equal(flat.store.ravel(), np.random.default_rng(11).integers(3000, size=64 * 40, dtype=np.int32))
