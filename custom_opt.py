@@ -127,6 +127,7 @@ def compile_mode(backend, fused=None, device=None):
     elif backend == 'numba':
         mode = mode.including(NUMBA_FAST_TAG)
     if backend == 'jax':
+        gpu_ops.register_jax()
         mode = mode.including(JAX_TAG)
         mode = Mode(linker=_device_jax_linker(None if device is None else jax_device(device))(),
                     optimizer=mode.provided_optimizer)

@@ -651,16 +651,7 @@ def _jax_funcify_sparse_row_update(op, node=None, **kwargs):
     return update
 
 
-def _register_jax():
-    try:
-        from pytensor.link.jax.dispatch import jax_funcify
-    except ImportError:  # jax not installed
-        return
-    jax_funcify.register(SparseRowUpdate)(_jax_funcify_sparse_row_update)
-
-
 _register_numba()
-_register_jax()
 
 
 # --- random draws on the device: negatives (SampleItems) and dropout noise (HashUniforms) -------------
@@ -953,12 +944,6 @@ def _register_hash_draws():
         register_funcify_default_op_cache_key(HashUniforms)(_numba_funcify_hash_uniforms)
     except ImportError:
         pass
-    try:
-        from pytensor.link.jax.dispatch import jax_funcify
-        jax_funcify.register(SampleItems)(_jax_funcify_sample_items)
-        jax_funcify.register(HashUniforms)(_jax_funcify_hash_uniforms)
-    except ImportError:
-        pass
 
 
 _register_hash_draws()
@@ -1163,3 +1148,14 @@ def _register_fast_math():
 
 
 _register_fast_math()
+
+
+@functools.cache
+def register_jax():
+    """Put the JAX implementations of this file's Ops in place (PyTensor's jax_funcify). Not done at import:
+    PyTensor's JAX dispatch imports JAX (~0.5 s, and JAX reads its environment then), which a Numba user
+    should not pay. custom_opt.compile_mode('jax') calls it before anything is compiled for JAX."""
+    from pytensor.link.jax.dispatch import jax_funcify
+    jax_funcify.register(SparseRowUpdate)(_jax_funcify_sparse_row_update)
+    jax_funcify.register(SampleItems)(_jax_funcify_sample_items)
+    jax_funcify.register(HashUniforms)(_jax_funcify_hash_uniforms)

@@ -156,7 +156,7 @@ class Search:
 
     def model(self, params):
         """A GRU4Rec with the fixed parameters, then params (quietly: the SET lines are printed per trial)."""
-        gru = self.mod.GRU4Rec(backend=self.args.own['backend'], seed=self.args.seed)
+        gru = self.mod.GRU4Rec(backend=self.args.own['backend'], device=self.args.own['model_device'], seed=self.args.seed)
         for k, v in list(self.fixed.items()) + list(params.items()):
             try:
                 _quiet(gru.set_params, **{k: v})
@@ -309,7 +309,7 @@ def _main(argv):
     if args.theano_flags:
         environ['THEANO_FLAGS'] = args.theano_flags
     args.own, flags = run.resolve_config(args.device, args.backend, environ=environ)
-    run.apply_config(args.own, flags)
+    args.own['model_device'] = run.apply_config(args.own, flags)
     try:
         import optuna  # noqa: F401
     except ImportError:
@@ -378,9 +378,10 @@ def _search(args, mod, evaluation):
     print('-' * 80)
     if args.final_measure:
         print('Training the best parameters once more for the final evaluation')
+        # -d: the device as this process now sees it (apply_config may have left only that GPU visible)
         code = run.main([args.path, '-t', args.test_path, '-pf', args.output, '-m', *map(str, args.final_measure),
                          '-e', args.eval_type, '--seed', str(args.seed), '-ss', str(args.sample_store_size),
-                         '-d', args.own['device'], '--backend', args.own['backend']]
+                         '-d', args.own['model_device'] or 'cpu', '--backend', args.own['backend']]
                         + (['-g', args.gru4rec_model] if args.gru4rec_model != 'gru4rec' else []))
         if code:
             return code

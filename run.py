@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import io
 import os
+import re
 import shutil
 import sys
 import time
@@ -72,7 +73,7 @@ def resolve_config(cli_device=None, cli_backend=None, environ=os.environ, flags_
         flags['backend'] = cli_backend
     own = {k: flags.pop(k) for k in OWN_FLAGS if k in flags}
     device = own.get('device', 'cpu').strip().lower()
-    if device != 'cpu' and not device.startswith(('cuda', 'gpu')):
+    if not re.fullmatch(r'cpu|(cuda|gpu):?\d*', device):
         raise InputError(f'Unknown device "{device}" (use cpu or cuda[:N])')
     own['device'] = device
     own.setdefault('backend', 'numba' if device == 'cpu' else 'jax')
@@ -80,17 +81,22 @@ def resolve_config(cli_device=None, cli_backend=None, environ=os.environ, flags_
 
 
 def apply_config(own, pytensor_flags, environ=os.environ):
-    """Set the environment of this process before numpy/PyTensor are imported."""
+    """Set the environment of this process before numpy/PyTensor/JAX are imported. Returns the model's device
+    parameter: None for cpu (the backend's default device); for cuda:N, CUDA_VISIBLE_DEVICES=N is set (so JAX
+    takes no memory on the other GPUs) and the model uses 'cuda', the one GPU left visible; if the environment
+    already sets CUDA_VISIBLE_DEVICES, it is kept and N counts among the GPUs it lists."""
     environ['PYTENSOR_FLAGS'] = ','.join(f'{k}={v}' for k, v in pytensor_flags.items())
     threads = own.get('blas_threads')
     if threads:
         for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'NUMBA_NUM_THREADS'):
             environ.setdefault(var, str(threads))
-    if own['device'] != 'cpu':
-        dev = own['device'].replace('gpu', 'cuda')
-        num = dev[4:].lstrip(':') or '0'
-        environ.setdefault('CUDA_VISIBLE_DEVICES', num)
-        environ.setdefault('JAX_PLATFORMS', 'cuda')
+    if own['device'] == 'cpu':
+        return None
+    index = re.fullmatch(r'(?:cuda|gpu):?(\d*)', own['device'])[1] or '0'   # (checked by resolve_config)
+    if 'CUDA_VISIBLE_DEVICES' in environ:
+        return f'cuda:{index}'
+    environ['CUDA_VISIBLE_DEVICES'] = index
+    return 'cuda'
 
 
 # --- arguments --------------------------------------------------------------------------------------
@@ -319,7 +325,7 @@ def _error(message):
 def _main(argv):
     args = parse_args(argv)
     own, pytensor_flags = resolve_config(args.device, args.backend)
-    apply_config(own, pytensor_flags)
+    own['model_device'] = apply_config(own, pytensor_flags)
     gru4rec_module = _import_model_module(args.gru4rec_model)
     try:
         from . import evaluation
@@ -360,7 +366,7 @@ def _run(args, own, mod, evaluation):
     if args.load_model:
         record['model_file'] = args.path
         print(f'Loading trained model from file: {args.path}')
-        gru = GRU4Rec.loadmodel(args.path, backend=own['backend'])
+        gru = GRU4Rec.loadmodel(args.path, backend=own['backend'], device=own['model_device'])
         if args.test_against_items is not None:
             check_test_against_items(args.test_against_items, gru.n_items)
         if keys_cli:
@@ -376,8 +382,9 @@ def _run(args, own, mod, evaluation):
         if args.seed is not None:
             params['seed'] = args.seed
         print('Creating GRU4Rec model')
-        gru = GRU4Rec(backend=own['backend'])
+        gru = GRU4Rec(backend=own['backend'], device=own['model_device'])
         gru.set_params(**params)
+        gru._mode()   # a device that JAX does not see (or a missing JAX) fails here, before the data are read
         keys = (gru.session_key, gru.item_key, gru.time_key)
         print('Loading training data...')
         data, _ = load_data(args.path, keys, 'training')

@@ -1,9 +1,11 @@
 """run.py as a user runs it: a subprocess per call. Most calls use the fast-compiling 'python' backend;
 test_end_to_end_numba runs the real CPU backend on the bundled RSC15 sample."""
+import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -178,7 +180,6 @@ def bad_files(files):
     out['empty_pf'].write_text('x = 1\n')
     # model files: a real one, cut short; one claiming a future format version; an original Theano pickle
     from gru4rec import GRU4Rec
-    import json
     good = d / 'good.gru4rec'
     GRU4Rec(layers=[4], n_epochs=1, batch_size=4, n_sample=4, backend='python').fit(df).savemodel(good)
     out['good_model'] = good
@@ -252,9 +253,48 @@ def test_configuration_precedence(tmp_path):
     assert own['device'] == 'cuda0' and own['backend'] == 'jax'             # old Theano-style device flag
     with pytest.raises(cli.InputError, match='Unknown device'):
         cli.resolve_config(cli_device='tpu', environ={}, flags_file=str(rc))
+    with pytest.raises(cli.InputError, match='Unknown device'):
+        cli.resolve_config(cli_device='cudax', environ={}, flags_file=str(rc))
     env = {}
-    cli.apply_config({'device': 'cpu', 'backend': 'numba', 'blas_threads': '1'}, {'floatX': 'float32'}, environ=env)
+    assert cli.apply_config({'device': 'cpu', 'backend': 'numba', 'blas_threads': '1'}, {'floatX': 'float32'},
+                            environ=env) is None                            # cpu: the backend's default device
     assert env['PYTENSOR_FLAGS'] == 'floatX=float32' and env['OPENBLAS_NUM_THREADS'] == '1'
+    env = {}
+    assert cli.apply_config({'device': 'cuda:1', 'backend': 'jax'}, {}, environ=env) == 'cuda'
+    assert env['CUDA_VISIBLE_DEVICES'] == '1' and 'JAX_PLATFORMS' not in env   # only GPU 1 visible: the first
+    env = {'CUDA_VISIBLE_DEVICES': '2,3'}
+    assert cli.apply_config({'device': 'gpu1', 'backend': 'jax'}, {}, environ=env) == 'cuda:1'
+    assert env['CUDA_VISIBLE_DEVICES'] == '2,3'                             # the user's mask is kept
+
+
+def test_command_line_modules_import_no_numerics_before_configuring():
+    """The installed command (gru4rec.run:main) and gru4rec-paropt import the package first: it must not import
+    numpy, PyTensor or JAX, or the flags file, BLAS threads and device would be applied too late. Importing the
+    model does not import JAX either (its Ops' JAX implementations are registered when a JAX mode is made)."""
+    code = ('import json, sys; import gru4rec, gru4rec.run, gru4rec.paropt; '
+            'before = [m for m in ("numpy", "pytensor", "jax", "numba") if m in sys.modules]; '
+            'from gru4rec import GRU4Rec, evaluate_gpu; '
+            'print(json.dumps([hasattr(gru4rec, "__path__"), before, "jax" in sys.modules, GRU4Rec.__name__]))')
+    with tempfile.TemporaryDirectory() as away:   # outside the checkout: the installed package
+        out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=away, timeout=300)
+    assert out.returncode == 0, out.stderr
+    package, before, jax_after, name = json.loads(out.stdout.strip().splitlines()[-1])
+    if not package:
+        pytest.skip('gru4rec is not installed as a package here (pip install -e .)')
+    assert before == [] and not jax_after and name == 'GRU4Rec'
+
+
+def test_gpu_device_without_a_gpu_is_one_error_line(tmp_path):
+    """-d cuda where JAX sees no GPU: one ERROR line saying so and how to install the GPU extra, exit code 2,
+    before the training data are read (it used to train on the CPU without a word)."""
+    jax = pytest.importorskip('jax')
+    if any(d.platform == 'gpu' for d in jax.devices()):
+        pytest.skip('this machine has a GPU')
+    train = make_sessions(tmp_path / 'train.tsv')
+    r = run(train, '-ps', TINY, '-d', 'cuda:1', backend=None)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert re.fullmatch(r'ERROR\. device "cuda": JAX sees no GPU .*pip install "jax\[cuda12\]"\)?\n', r.stderr)
+    assert 'Loading training data' not in r.stdout and 'Epoch' not in r.stdout
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_model(tmp_path):
@@ -304,7 +344,6 @@ def test_data_formats_by_extension(files, tmp_path, name):
 
 
 def test_metrics_json(files, tmp_path):
-    import json
     out = tmp_path / 'metrics.json'
     r = run(files['train'], '-t', files['test'], files['test'], '-ps', TINY + ',n_epochs=2', '-m', 1, 10,
             '--metrics-out', out)                        # hyphenated alias of --metrics_out

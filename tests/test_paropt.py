@@ -172,7 +172,7 @@ def search_for(tmp_path, fixed, pruning=True):
     valid = run.load_data(make_sessions(tmp_path / 'valid.tsv', n_sessions=20, seed=1), ('SessionId', 'ItemId', 'Time'), 'test', quiet=True)[0]
     args = paropt.build_parser().parse_args([str(tmp_path / 'train.tsv'), str(tmp_path / 'valid.tsv'),
                                              '-opf', write(tmp_path / 's.json', SPACE), '-fp', fixed, '-m', '5'])
-    args.own, args.pruning = {'backend': 'python', 'device': 'cpu'}, pruning
+    args.own, args.pruning = {'backend': 'python', 'device': 'cpu', 'model_device': None}, pruning
     return paropt.Search(args, gru4rec, evaluation, train, valid)
 
 
