@@ -356,6 +356,19 @@ def _import_model_module(name):
     return module
 
 
+def check_device(gru, own, error):
+    """A device that JAX does not see (or a missing JAX) fails here, before the data are read, naming the -d
+    that asked for it (the model sees 'cuda' once apply_config has hidden the other GPUs)."""
+    try:
+        gru._mode()
+    except error as e:
+        if own['device'] == 'cpu':
+            raise
+        mask = os.environ.get('CUDA_VISIBLE_DEVICES')
+        raise InputError(f'-d {own["device"]}' + (f' (CUDA_VISIBLE_DEVICES={mask})' if mask is not None else '')
+                         + f': {e}') from None
+
+
 def _run(args, own, mod, evaluation):
     GRU4Rec = mod.GRU4Rec
     keys_cli = OrderedDict((k, v) for k, v in (('session_key', args.session_key), ('item_key', args.item_key),
@@ -367,6 +380,7 @@ def _run(args, own, mod, evaluation):
         record['model_file'] = args.path
         print(f'Loading trained model from file: {args.path}')
         gru = GRU4Rec.loadmodel(args.path, backend=own['backend'], device=own['model_device'])
+        check_device(gru, own, mod.GRU4RecError)
         if args.test_against_items is not None:
             check_test_against_items(args.test_against_items, gru.n_items)
         if keys_cli:
@@ -384,7 +398,7 @@ def _run(args, own, mod, evaluation):
         print('Creating GRU4Rec model')
         gru = GRU4Rec(backend=own['backend'], device=own['model_device'])
         gru.set_params(**params)
-        gru._mode()   # a device that JAX does not see (or a missing JAX) fails here, before the data are read
+        check_device(gru, own, mod.GRU4RecError)
         keys = (gru.session_key, gru.item_key, gru.time_key)
         print('Loading training data...')
         data, _ = load_data(args.path, keys, 'training')

@@ -293,7 +293,8 @@ def test_gpu_device_without_a_gpu_is_one_error_line(tmp_path):
     train = make_sessions(tmp_path / 'train.tsv')
     r = run(train, '-ps', TINY, '-d', 'cuda:1', backend=None)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert re.fullmatch(r'ERROR\. device "cuda": JAX sees no GPU .*pip install "jax\[cuda12\]"\)?\n', r.stderr)
+    assert re.fullmatch(r'ERROR\. -d cuda:1 \(CUDA_VISIBLE_DEVICES=1\): device "cuda": JAX sees no GPU .*'
+                        r'pip install "jax\[cuda12\]"\)?\n', r.stderr)
     assert 'Loading training data' not in r.stdout and 'Epoch' not in r.stdout
 
 
