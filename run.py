@@ -23,6 +23,9 @@ from collections import OrderedDict
 
 FLAGS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), '.theanorc_gru4rec')
 OWN_FLAGS = ('device', 'backend', 'blas_threads')
+# cuda[:N] or Theano's gpuN (group 1: N). custom_opt.parse_device reads the same names, but importing it
+# imports PyTensor, which must wait until the configuration is applied.
+GPU_DEVICE = re.compile(r'(?:cuda|gpu):?(\d*)')
 EXIT_BAD_INPUT, EXIT_TRAINING_FAILED = 2, 1
 
 
@@ -73,7 +76,7 @@ def resolve_config(cli_device=None, cli_backend=None, environ=os.environ, flags_
         flags['backend'] = cli_backend
     own = {k: flags.pop(k) for k in OWN_FLAGS if k in flags}
     device = own.get('device', 'cpu').strip().lower()
-    if not re.fullmatch(r'cpu|(cuda|gpu):?\d*', device):
+    if device != 'cpu' and not GPU_DEVICE.fullmatch(device):
         raise InputError(f'Unknown device "{device}" (use cpu or cuda[:N])')
     own['device'] = device
     own.setdefault('backend', 'numba' if device == 'cpu' else 'jax')
@@ -92,7 +95,7 @@ def apply_config(own, pytensor_flags, environ=os.environ):
             environ.setdefault(var, str(threads))
     if own['device'] == 'cpu':
         return None
-    index = re.fullmatch(r'(?:cuda|gpu):?(\d*)', own['device'])[1] or '0'   # (checked by resolve_config)
+    index = GPU_DEVICE.fullmatch(own['device'])[1] or '0'   # (checked by resolve_config)
     if 'CUDA_VISIBLE_DEVICES' in environ:
         return f'cuda:{index}'
     environ['CUDA_VISIBLE_DEVICES'] = index

@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pandas as pd
@@ -267,7 +266,7 @@ def test_configuration_precedence(tmp_path):
     assert env['CUDA_VISIBLE_DEVICES'] == '2,3'                             # the user's mask is kept
 
 
-def test_command_line_modules_import_no_numerics_before_configuring():
+def test_command_line_modules_import_no_numerics_before_configuring(tmp_path):
     """The installed command (gru4rec.run:main) and gru4rec-paropt import the package first: it must not import
     numpy, PyTensor or JAX, or the flags file, BLAS threads and device would be applied too late. Importing the
     model does not import JAX either (its Ops' JAX implementations are registered when a JAX mode is made)."""
@@ -275,8 +274,8 @@ def test_command_line_modules_import_no_numerics_before_configuring():
             'before = [m for m in ("numpy", "pytensor", "jax", "numba") if m in sys.modules]; '
             'from gru4rec import GRU4Rec, evaluate_gpu; '
             'print(json.dumps([hasattr(gru4rec, "__path__"), before, "jax" in sys.modules, GRU4Rec.__name__]))')
-    with tempfile.TemporaryDirectory() as away:   # outside the checkout: the installed package
-        out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=away, timeout=300)
+    # run outside the checkout, where `gru4rec` is the installed package
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
     package, before, jax_after, name = json.loads(out.stdout.strip().splitlines()[-1])
     if not package:
