@@ -4,10 +4,13 @@ SparseRowUpdate: the optimiser step of an item-indexed weight (Wy, By, E, Wx0) a
 from per-occurrence gradient rows g (one row per occurrence of an item in idx), fused into one pass over
 the touched rows. Semantics (the original's, for repeated items in one minibatch; see the README):
   * the weight gets the sum of the per-occurrence steps;
-  * states the original *sets* (Adagrad accumulator, momentum velocity, Adam step count) keep the value
-    of the last occurrence;
-  * states the original decays and accumulates (RMSProp, Adadelta, legacy Adam) are decayed once per
-    distinct row and accumulate every occurrence;
+  * the Adagrad accumulator and the legacy Adam step count add up every occurrence (A += sum of g_k**2,
+    t += number of occurrences), while each occurrence's own scaling reads the rows from before the step
+    (A_old + g_k**2, t_old + 1). The original's source *sets* these rows to "old rows + something"; Theano's
+    standard rewrite runs that as an increment, so this is what the original computes;
+  * the momentum velocity keeps the value of the last occurrence (a non-additive set);
+  * states the original decays and accumulates (RMSProp, Adadelta, legacy Adam moments) are decayed once
+    per distinct row and accumulate every occurrence;
   * textbook Adam ('adam') sums the gradients of repeated rows and steps each distinct row once.
 Every read of a weight or state sees its value from before the step, and sums run in occurrence order,
 so the result is deterministic on every backend.
@@ -112,10 +115,10 @@ def plain_row_update(spec, p, states, idx, g):
     if adapt == 'adam':  # one step per distinct row with the summed gradient
         idx, g = merge_repeated(idx, g)
     rows = p[idx]
-    if adapt == 'adagrad':
-        acc_rows = states[0][idx] + g ** 2
-        new_states.append(pt.set_subtensor(states[0][idx], acc_rows))
-        ghat = g / pt.sqrt(acc_rows + eps)
+    if adapt == 'adagrad':   # each occurrence scaled by A_old + g_k**2; A accumulates them all
+        g2 = g ** 2
+        new_states.append(pt.inc_subtensor(states[0][idx], g2))
+        ghat = g / pt.sqrt(states[0][idx] + g2 + eps)
     elif adapt in ('rmsprop', 'adadelta', 'adam_legacy'):
         acc_new = _decay_then_accumulate(states[0], idx, rho, (1 - rho) * g ** 2)
         new_states.append(acc_new)
@@ -129,8 +132,8 @@ def plain_row_update(spec, p, states, idx, g):
         else:  # the original's Adam: the first moment accumulates g**2, both corrected with beta1
             m, t = states[1], states[2]
             m_new = _decay_then_accumulate(m, idx, b1, (1 - b1) * g ** 2)
-            t_rows = t[idx] + 1
-            new_states += [m_new, pt.set_subtensor(t[idx], t_rows)]
+            t_rows = t[idx] + 1   # this step's count from the old one; the count adds every occurrence
+            new_states += [m_new, pt.inc_subtensor(t[idx], pt.ones_like(g))]
             corr = 1 - b1 ** t_rows
             ghat = (m_new[idx] / corr) / (pt.sqrt(acc_new[idx] / corr) + eps)
     elif adapt == 'adam':
@@ -227,9 +230,11 @@ def numpy_row_update(spec, arrays, idx, g):
         if spec.adapt == 'adam':
             gs = gs.sum(axis=0, keepdims=True) if len(gs) > 1 else gs
         if spec.adapt == 'adagrad':
-            acc_occ = states[0][r] + gs ** 2
-            states[0][r] = acc_occ[-1]
-            ghat = gs / np.sqrt(acc_occ + eps)
+            acc = states[0][r]
+            for inc in gs ** 2:
+                acc = acc + inc
+            ghat = gs / np.sqrt(states[0][r] + gs ** 2 + eps)
+            states[0][r] = acc
         elif spec.adapt in ('rmsprop', 'adadelta', 'adam_legacy'):
             acc = rho * states[0][r]
             for inc in (1 - rho) * gs ** 2:
@@ -248,7 +253,7 @@ def numpy_row_update(spec, arrays, idx, g):
                 for inc in (1 - b1) * gs ** 2:
                     m = m + inc
                 t = states[2][r] + 1
-                states[1][r], states[2][r] = m, t
+                states[1][r], states[2][r] = m, states[2][r] + f(len(occ))
                 corr = 1 - b1 ** t
                 ghat = (m / corr) / (np.sqrt(acc / corr) + eps)
                 ghat = np.broadcast_to(ghat, gs.shape)
@@ -436,6 +441,9 @@ def _numba_kernel(spec):
                 if ADADELTA:
                     for k in range(d):
                         b_new[k] = rho * s1[r, k]
+            if ADAGRAD:   # accumulated per occurrence (each occurrence's scaling reads the old row)
+                for k in range(d):
+                    a_new[k] = s0[r, k]
             if ADAM:    # one step per distinct row with the summed gradient
                 for k in range(d):
                     gsum[k] = g[j0, k]
@@ -444,14 +452,14 @@ def _numba_kernel(spec):
                     for k in range(d):
                         gsum[k] += g[j, k]
                     j = nxt[j]
-            j = j0
+            j, count = j0, f(0)
             while j != -1:
                 for k in range(d):
                     gj = gsum[k] if ADAM else g[j, k]
                     if ADAGRAD:
-                        a = s0[r, k] + gj * gj
-                        a_new[k] = a
-                        ghat = gj / np.sqrt(a + eps)
+                        g2 = gj * gj
+                        a_new[k] += g2
+                        ghat = gj / np.sqrt(s0[r, k] + g2 + eps)
                     elif RMSPROP:
                         ghat = gj / np.sqrt(a_new[k] + eps)
                     elif ADADELTA:
@@ -476,6 +484,7 @@ def _numba_kernel(spec):
                         p_new[k] += v_occ
                     else:
                         p_new[k] -= delta
+                count += one
                 j = -1 if ADAM else nxt[j]
             for k in range(d):
                 p[r, k] = p_new[k]
@@ -483,8 +492,8 @@ def _numba_kernel(spec):
                     s0[r, k] = a_new[k]
                 if LEGACY or ADADELTA:
                     s1[r, k] = b_new[k]
-                if LEGACY:
-                    s2[r, k] += one
+                if LEGACY:   # the count adds every occurrence
+                    s2[r, k] += count
                 if ADAM:
                     s0[r, k], s1[r, k] = a_new[k], b_new[k]
                     s2[r, k] += one
@@ -579,7 +588,7 @@ def _jax_occurrences(idx, n_rows):
 
 
 def _jax_funcify_sparse_row_update(op, node=None, **kwargs):
-    """Vectorised over occurrences. Repeated rows: 'set' states keep the last occurrence (found
+    """Vectorised over occurrences. Repeated rows: the velocity keeps the last occurrence (found
     deterministically by _jax_occurrences); sums go through scatter-add, which is deterministic on the CPU
     but may add repeated rows in any order on a GPU unless XLA is told to use deterministic ops (not set
     by this project yet, and not checked on a GPU: no device was available when this was written)."""
@@ -603,10 +612,10 @@ def _jax_funcify_sparse_row_update(op, node=None, **kwargs):
             only_last = jnp.where(first, idx, N)
         rows = p[idx]
         new_states = []
-        if adapt == 'adagrad':
-            acc = states[0][idx] + g * g
-            new_states.append(states[0].at[only_last].set(acc, mode='drop'))
-            ghat = g / jnp.sqrt(acc + eps)
+        if adapt == 'adagrad':   # accumulated per occurrence, each scaled by its own A_old + g**2
+            g2 = g * g
+            new_states.append(states[0].at[idx].add(g2))
+            ghat = g / jnp.sqrt(states[0][idx] + g2 + eps)
         elif adapt in ('rmsprop', 'adadelta', 'adam_legacy'):
             def decay_acc(s, decay, inc):
                 return s.at[idx].set(decay * s[idx]).at[idx].add(inc)
@@ -621,7 +630,7 @@ def _jax_funcify_sparse_row_update(op, node=None, **kwargs):
             else:
                 m_new = decay_acc(states[1], b1, (1 - b1) * g * g)
                 t_rows = states[2][idx] + 1
-                new_states += [m_new, states[2].at[only_last].set(t_rows, mode='drop')]
+                new_states += [m_new, states[2].at[idx].add(1)]
                 corr = 1 - b1 ** t_rows
                 ghat = (m_new[idx] / corr) / (jnp.sqrt(acc_new[idx] / corr) + eps)
         elif adapt == 'adam':

@@ -68,8 +68,9 @@ DEFAULTS = OrderedDict([
     ('adapt_params', []), ('grad_cap', 0.0), ('bpreg', 1.0), ('logq', 0.0), ('sigma', 0.0),
     ('init_as_normal', False), ('train_random_order', False), ('time_sort', True),
     ('reset_after', False), ('merge_repeated', False), ('session_key', 'SessionId'), ('item_key', 'ItemId'), ('time_key', 'Time'),
-    ('seed', 42), ('backend', None), ('device', None),
+    ('seed', 42), ('rng', 'default'), ('backend', None), ('device', None),
 ])
+RNGS = ('default', 'original')
 _BOOL_TEXT = {'true': True, '1': True, 'false': False, '0': False}
 
 
@@ -173,6 +174,8 @@ def _validate(p):
             bad(name, 'must be a column name')
     if len({p['session_key'], p['item_key'], p['time_key']}) < 3:
         bad('time_key', 'session_key, item_key and time_key must be different columns')
+    if p['rng'] not in RNGS:
+        bad('rng', 'use one of: ' + ', '.join(RNGS))
     if p['backend'] is not None:
         try:
             custom_opt.check_backend(p['backend'])
@@ -380,6 +383,10 @@ class GRU4Rec:
         occurrence (False). See README "Fidelity" for both.
     session_key, item_key, time_key : column names ('SessionId', 'ItemId', 'Time').
     seed : seeds weight init, negative sampling, dropout and shuffling at every fit (42).
+    rng : 'default' draws the negative samples and dropout noise from this project's own seeded generators;
+        'original' draws the negatives (store_type='cpu' only) from the same RandomState(seed) as the initial
+        weights and the session shuffling, in the original's order, so that a run without dropout can be
+        compared step by step with the original's (benchmarks/compare_original_trace.py).
     backend : 'numba' (CPU default), 'jax' or 'python' (slow reference, fast to compile); None = 'jax' when
         device is a GPU, else 'numba'.
     device : where training and prediction run: None (the backend's default device), 'cpu', 'cuda' or
@@ -393,8 +400,8 @@ class GRU4Rec:
                  lmbd=0.0, embedding=0, n_sample=2048, sample_alpha=0.75, smoothing=0.0,
                  constrained_embedding=False, adapt='adagrad', adapt_params=(), grad_cap=0.0, bpreg=1.0,
                  logq=0.0, sigma=0.0, init_as_normal=False, train_random_order=False, time_sort=True,
-                 reset_after=False, merge_repeated=False, session_key='SessionId', item_key='ItemId', time_key='Time', seed=42, backend=None,
-                 device=None):
+                 reset_after=False, merge_repeated=False, session_key='SessionId', item_key='ItemId', time_key='Time', seed=42, rng='default',
+                 backend=None, device=None):
         values = dict(locals())
         for name in DEFAULTS:
             setattr(self, name, _coerce(name, values[name], DEFAULTS[name]))
@@ -624,7 +631,7 @@ class GRU4Rec:
         scores = pt.dot(new_H[-1], Wy_rows.T) + By_rows.T  # M x K
         if self.logq:
             # log q: raw support of the in-batch targets, support ** sample_alpha of the sampled negatives
-            logq = pt.concatenate([self._logP0[Y[:M]], np.float32(self.sample_alpha) * self._logP0[Y[M:]]])
+            logq = pt.concatenate([self._logq_target[Y[:M]], self._logq_sample[Y[M:]]])
             scores = scores - np.float32(self.logq) * logq
         col_mask = None
         if masked:
@@ -707,7 +714,7 @@ class GRU4Rec:
 
     # --- training ----------------------------------------------------------------------------
     def fit(self, data, sample_store=10000000, store_type=None, checkpoint_dir=None, resume=False,
-            epoch_callback=None, chunk=None):
+            epoch_callback=None, chunk=None, log_steps=False):
         """Train on a DataFrame with session, item and time columns (the frame is not modified).
 
         checkpoint_dir: if given, the full training state (weights, optimiser states, random streams, sample
@@ -733,15 +740,23 @@ class GRU4Rec:
         sessions run out (as the original). K > 0 prepares K minibatches on the host and runs them in one
         scan, at a fixed width with masked inactive slots (same losses up to float rounding). None: the
         backend's default, custom_opt.CHUNK_BY_DEFAULT (100 on Numba, where it is faster, and on JAX, which
-        needs the fixed shapes; 0 on the python reference backend)."""
+        needs the fixed shapes; 0 on the python reference backend).
+
+        log_steps: if True, the cost of every training step (the minibatch loss / batch_size, as the original's
+        training function returns it) and its number of active sessions are kept in step_costs_ and
+        step_sizes_ (arrays over all epochs of this fit), to compare runs step by step."""
         backend = self._backend()
         self._mode()   # checks the device (JAX must see it) before anything changes
         chunk = custom_opt.CHUNK_BY_DEFAULT[backend] if chunk is None else _to_int_arg(chunk, 'chunk')
         if chunk == 0 and backend == 'jax':
             raise GRU4RecError('The JAX backend trains in chunks only (static shapes): use chunk > 0')
-        store_type = custom_opt.STORE_BY_DEFAULT[backend] if store_type is None else store_type
+        if store_type is None:
+            store_type = 'cpu' if self.rng == 'original' else custom_opt.STORE_BY_DEFAULT[backend]
         if store_type not in ('gpu', 'cpu'):
             raise GRU4RecError(f'Invalid store type {store_type} (use gpu or cpu)')
+        if store_type == 'gpu' and self.rng == 'original':
+            raise GRU4RecError("rng='original' needs store_type='cpu' (--sample_store_on_cpu): the original's "
+                               "GPU store draws from Theano's own generator, which cannot be reproduced")
         if resume and not checkpoint_dir:
             raise GRU4RecError('resume needs the checkpoint_dir to resume from')
         checkpoint = os.path.join(checkpoint_dir, CHECKPOINT_NAME) if checkpoint_dir else None
@@ -759,6 +774,7 @@ class GRU4Rec:
         self.error_during_train = False
         self.error_epoch = self.error_step = None
         self.epoch_stats_ = []   # per epoch: loss, seconds, steps (minibatches), events
+        step_log = [] if log_steps else None   # (cost, active sessions) of every step
         itemids = data[self.item_key].unique()
         self.itemidmap = pd.Series(np.arange(len(itemids), dtype=np.int32), index=itemids, name='ItemIdx')
         self.n_items = len(itemids)
@@ -774,8 +790,9 @@ class GRU4Rec:
             if self.n_sample > 0:
                 self._sample_cdf = pytensor.shared(sampling_cdf(self.item_support, self.sample_alpha).astype(FLOAT), name='cdf')
         elif self.n_sample > 0:
+            # rng='original': the negatives continue the RandomState of the initial weights, as in the original
             sampler = NegativeSampler(self.item_support, self.sample_alpha, self.n_sample, sample_store,
-                                      np.random.default_rng([self.seed, 1]))
+                                      rng if self.rng == 'original' else np.random.default_rng([self.seed, 1]))
         width = min(self.batch_size, len(offsets) - 1)
         train_fn, noise = self._compile_train_chunked(width) if chunk else self._compile_train()
         noise_rng = np.random.default_rng([self.seed, 2])
@@ -793,14 +810,14 @@ class GRU4Rec:
                 if chunk:
                     self._pad_items(True)   # (a no-op while the padding row is still there from the last epoch)
                     sum_cost, n_events, n_steps, bad = self._epoch_chunked(train_fn, batches, chunk, width, sampler,
-                                                                           noise_rng, noise)
+                                                                           noise_rng, noise, step_log)
                     # the padding row stays between epochs unless something outside training sees the weights:
                     # removing and re-adding it moves every item matrix through the host (on a GPU: twice per epoch)
                     if checkpoint or epoch_callback is not None:
                         self._pad_items(False)
                 else:
                     sum_cost, n_events, n_steps, bad = self._epoch_steps(train_fn, batches, width, sampler,
-                                                                         noise_rng, noise)
+                                                                         noise_rng, noise, step_log)
                 if bad:
                     return self._diverged(epoch, bad)
                 secs = time.time() - t0
@@ -816,11 +833,14 @@ class GRU4Rec:
                     break
         finally:
             self._pad_items(False)   # no-op after per-step training
+            if step_log is not None:
+                self.step_costs_ = np.array([c for c, _ in step_log], dtype=np.float64)
+                self.step_sizes_ = np.array([m for _, m in step_log], dtype=np.int64)
         return self
 
-    def _epoch_steps(self, fn, batches, width, sampler, noise_rng, noise):
+    def _epoch_steps(self, fn, batches, width, sampler, noise_rng, noise, step_log=None):
         """One epoch, one compiled call per minibatch. Returns (sum of cost * M, events, steps, step of
-        the first non-finite cost or None)."""
+        the first non-finite cost or None); appends (cost, M) of every step to step_log if it is a list."""
         H = [np.zeros((width, u), dtype=FLOAT) for u in self.layers]
         active = np.arange(width)                      # slot id of each row
         sum_cost, n_events, n_steps = 0.0, 0, 0
@@ -832,12 +852,14 @@ class GRU4Rec:
             cost, *H = fn(inp, *y, reset.astype(FLOAT), *noise.step_values(noise_rng, active), *H)
             sum_cost += float(cost) * len(inp)
             n_events += len(inp)
+            if step_log is not None:
+                step_log.append((float(cost), len(inp)))
             n_steps += 1
             if not math.isfinite(float(cost)):
                 return sum_cost, n_events, n_steps, n_steps
         return sum_cost, n_events, n_steps, None
 
-    def _epoch_chunked(self, fn, batches, chunk, width, sampler, noise_rng, noise):
+    def _epoch_chunked(self, fn, batches, chunk, width, sampler, noise_rng, noise, step_log=None):
         """One epoch, `chunk` minibatches per compiled call (see _compile_train_chunked). The shrinking
         minibatches become fixed-width ones: slot s stays row s, and the rows of finished slots point at
         the padding item (index n_items) with A = 0. Returns what _epoch_steps returns."""
@@ -858,6 +880,8 @@ class GRU4Rec:
             bad = np.flatnonzero(~np.isfinite(costs))
             sum_cost += float(costs @ sizes_)
             n_events += int(sizes_.sum())
+            if step_log is not None:
+                step_log.extend(zip(costs.tolist(), sizes_.astype(int).tolist()))
             first_bad = n_steps + int(bad[0]) + 1 if len(bad) else None
             n_steps += len(costs)
             return first_bad
@@ -956,7 +980,12 @@ class GRU4Rec:
         self.n_items = len(item_support)
         self.item_support = np.asarray(item_support, dtype=np.int64)
         self._set_weights(self._init_weights(rng))
-        self._logP0 = pytensor.shared(np.log(np.maximum(self.item_support, 1)).astype(FLOAT), name='logP0')
+        # log q of the logQ correction, as the original computes it in float32: log(P0) for in-batch targets,
+        # log(P0 ** sample_alpha) for sampled negatives (not alpha * log(P0): the last bits differ, and with
+        # learning_rate 0.2 a step-by-step comparison with the original magnifies them)
+        p0 = np.maximum(self.item_support, 1).astype(FLOAT)
+        self._logq_target = pytensor.shared(np.log(p0), name='logq_target')
+        self._logq_sample = pytensor.shared(np.log(p0 ** np.float32(self.sample_alpha)), name='logq_sample')
 
     def nan_hint(self):
         """A likely cause of a NaN loss that the parameters show, or ''."""
@@ -1024,7 +1053,7 @@ class GRU4Rec:
 
     def _pad_items(self, pad):
         """Add (pad=True) or remove the padding row that inactive slots of chunked training point at."""
-        for var in self._item_vars + [self._logP0]:
+        for var in self._item_vars + [self._logq_target, self._logq_sample]:
             v = var.get_value(borrow=True)
             if pad and len(v) == self.n_items:
                 var.set_value(np.concatenate([v, np.zeros((1,) + v.shape[1:], v.dtype)]))
@@ -1365,7 +1394,11 @@ class GraphSampler:
 class NegativeSampler:
     """store_type='cpu': shared negative samples, item indices drawn with numpy with probability
     ~ support ** alpha, served one row of n_sample per step from a store of `store_size // n_sample` rows
-    that is regenerated when used up (or drawn every step without a store)."""
+    that is regenerated when used up (or drawn every step without a store).
+
+    rng: a numpy Generator (this project's stream), or the legacy RandomState that drew the initial weights
+    (rng='original'): then the draws are the original's, choice(n_items, size) for alpha = 0, else
+    searchsorted(cdf, random_sample(size)), and that RandomState's state is saved by TrainingStreams."""
     kind = 'cpu'
 
     def __init__(self, support, alpha, n_sample, store_size, rng):
@@ -1384,11 +1417,13 @@ class NegativeSampler:
 
     def _draw(self, n_rows):
         size = n_rows * self.n_sample
+        legacy = isinstance(self.rng, np.random.RandomState)
         if self.uniform:
-            draw = self.rng.integers(self.n_items, size=size, dtype=np.int32)
+            draw = (self.rng.choice(self.n_items, size) if legacy
+                    else self.rng.integers(self.n_items, size=size, dtype=np.int32))
         else:
-            draw = self.search(self.rng.random(size))
-        return draw.reshape(n_rows, self.n_sample)
+            draw = self.search(self.rng.random_sample(size) if legacy else self.rng.random(size))
+        return draw.astype(np.int32, copy=False).reshape(n_rows, self.n_sample)
 
     def search(self, u):
         """np.searchsorted(cdf, u): the smallest i with cdf[i] >= u, for every u in [0, 1)."""
@@ -1399,11 +1434,15 @@ class NegativeSampler:
         return (np.concatenate([targets, self.next()]),)
 
     def get_state(self):
-        state = {'kind': self.kind, 'generator': self.rng.bit_generator.state, 'pos': self.pos, 'rows': self.rows}
+        shared = isinstance(self.rng, np.random.RandomState)   # saved with the weights' RandomState
+        state = {'kind': self.kind, 'generator': None if shared else self.rng.bit_generator.state,
+                 'pos': self.pos, 'rows': self.rows}
         return state, ({'sampler_store': self.store} if self.rows else {})
 
     def set_state(self, header, z):
-        self.rng.bit_generator.state, self.pos = header['generator'], header['pos']
+        if header['generator'] is not None:
+            self.rng.bit_generator.state = header['generator']
+        self.pos = header['pos']
         if self.rows:
             self.store = z['sampler_store']
 

@@ -122,6 +122,9 @@ def build_parser():
     p.add_argument('-ss', '--sample_store_size', metavar='SS', type=int, default=10000000,
                    help='number of negative samples precomputed at once (default: 10000000)')
     p.add_argument('--sample_store_on_cpu', action='store_true', help='generate the sample store on the CPU (store_type=cpu)')
+    p.add_argument('--original_rng', action='store_true',
+                   help="draw the negative samples from the original's random stream (rng=original; implies "
+                        "--sample_store_on_cpu), to compare a run step by step with the original's")
     p.add_argument('-g', '--gru4rec_model', metavar='GRFILE', default='gru4rec', help='module providing the GRU4Rec class (default: gru4rec)')
     p.add_argument('-ik', '--item_key', metavar='IK', default=None, help='item ID column (default: ItemId)')
     p.add_argument('-sk', '--session_key', metavar='SK', default=None, help='session ID column (default: SessionId)')
@@ -398,6 +401,8 @@ def _run(args, own, mod, evaluation):
             params.setdefault(k, v)
         if args.seed is not None:
             params['seed'] = args.seed
+        if args.original_rng:
+            params['rng'] = 'original'
         print('Creating GRU4Rec model')
         gru = GRU4Rec(backend=own['backend'], device=own['model_device'])
         gru.set_params(**params)

@@ -128,8 +128,9 @@ def numeric_grads(p, cfg, X, Y, H, support=None, noise=(), eps=1e-6):
 
 # --- optimiser rules (contract §7) --------------------------------------------------------------
 class Optimiser:
-    """Applies the original's update rules to float64 copies of the weights, with explicit loops over
-    repeated occurrences: states that are *set* keep the last occurrence, increments accumulate."""
+    """Applies the original's update rules, as its compiled graph runs them, to float64 copies of the
+    weights, with explicit loops over repeated occurrences: the momentum velocity keeps the last occurrence;
+    the Adagrad accumulator, the legacy Adam count and every other increment accumulate."""
     EPS = 1e-6
 
     def __init__(self, w, cfg):
@@ -201,10 +202,9 @@ class Optimiser:
         old_rows = p[idx].copy()
         if a == 'adagrad':
             acc = self.s((name, 'acc'), shape)
-            new_rows = acc[idx] + g ** 2              # per occurrence, from the old accumulator
+            gh = g / np.sqrt(acc[idx] + g ** 2 + e)   # per occurrence, from the old accumulator
             for j, i in enumerate(idx):
-                acc[i] = new_rows[j]                  # last occurrence wins
-            gh = g / np.sqrt(new_rows + e)
+                acc[i] += g[j] ** 2                   # every occurrence adds up (as the original runs)
         elif a in ('rmsprop', 'adadelta', 'adam_legacy'):
             rho = self.ap[1] if a == 'adam_legacy' else self.ap[0]
             acc = self.s((name, 'acc'), shape)
@@ -233,8 +233,8 @@ class Optimiser:
                 for j, i in enumerate(idx):
                     m[i] += (1 - b1) * g[j] ** 2      # the original's bug: squared gradient
                 t_rows = t[idx] + 1
-                for j, i in enumerate(idx):
-                    t[i] = t_rows[j]
+                for i in idx:
+                    t[i] += 1                         # one count per occurrence
                 corr = 1 - b1 ** t_rows
                 gh = (m[idx] / corr) / (np.sqrt(acc[idx] / corr) + e)
         elif a == 'adam':                             # idx is duplicate-free here

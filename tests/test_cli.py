@@ -92,6 +92,20 @@ def test_pickle_input_store_options_and_model_module(files, tmp_path):
     assert r.returncode == 2 and 'Cannot import the model module' in r.stderr
 
 
+def test_original_rng_flag(files, tmp_path):
+    """--original_rng: the original's random stream, so the host store (the original's CPU store) without
+    asking for it, the same metrics twice, and -ps rng=original means the same."""
+    outs = []
+    for extra in (['--original_rng'], ['--original_rng'], ['-ps', TINY + ',rng=original']):
+        args = [files['train'], '-t', files['test'], '-ps', TINY] + extra if extra[0] != '-ps' else \
+            [files['train'], '-t', files['test']] + extra
+        r = run(*args)
+        assert r.returncode == 0, r.stderr
+        assert 'Created sample store with' in r.stdout and '(type=CPU)' in r.stdout
+        outs.append(re.findall(r'Recall@20: ([0-9.]+) MRR@20: ([0-9.]+)', r.stdout))
+    assert outs[0] and outs[0] == outs[1] == outs[2]
+
+
 def test_test_against_items(files):
     # fewer than 50000 candidates are allowed only when they cover a smaller catalogue (30 items here)
     r = run(files['train'], '-t', files['test'], '-ps', TINY, '--test_against_items', 40)

@@ -69,15 +69,107 @@ def test_fused_op_equals_plain_graph(adapt, mu, lmbd):
 
 
 def test_repeated_rows_follow_the_original_semantics_by_hand():
-    """Adagrad + momentum, one row twice: the weight gets both steps, accumulator and velocity the last."""
+    """Adagrad + momentum, one row twice: the weight gets both steps, the accumulator both squared gradients
+    (what the original runs: its source sets A[idx] = A[idx] + g**2, Theano executes an increment), the
+    velocity the last occurrence."""
     spec = gpu_ops.RowUpdateSpec('adagrad', 0.5, 0.5, 0.0, 0.0, 0.0, 0.0)
     p, acc, vel = (np.full((2, 1), v, np.float32) for v in (1.0, 3.0, 0.2))
     idx, g = np.array([0, 0], np.int32), np.array([[1.0], [3.0]], np.float32)
     gpu_ops.numpy_row_update(spec, [p, acc, vel], idx, g)
-    # occurrence 1: acc 3+1=4, step .5*1/2=.25, v .1-.25=-.15 ; occurrence 2: acc 3+9=12, step .5*3/sqrt(12)
+    # occurrence 1: scaled by 3+1=4, step .5*1/2=.25, v .1-.25=-.15 ; occurrence 2: by 3+9=12, step .5*3/sqrt(12)
     v2 = 0.1 - 0.5 * 3 / np.sqrt(12)
-    np.testing.assert_allclose([p[0, 0], acc[0, 0], vel[0, 0]], [1 - 0.15 + v2, 12.0, v2], rtol=1e-6)
+    np.testing.assert_allclose([p[0, 0], acc[0, 0], vel[0, 0]], [1 - 0.15 + v2, 3 + 1 + 9, v2], rtol=1e-6)
     np.testing.assert_array_equal([p[1, 0], acc[1, 0], vel[1, 0]], np.float32([1.0, 3.0, 0.2]))
+
+
+def test_adagrad_and_legacy_adam_count_every_occurrence_by_hand():
+    """Numbers worked by hand (eps = 0): Adagrad, a row three times with g = 3, 4, 12 from A = 0: each step is
+    scaled by its own A_old + g**2 (to 1, 1, 1), A ends at 9 + 16 + 144 = 169 (the last occurrence alone
+    would leave 144). Legacy Adam: the step count of a row seen three times goes from 2 to 5."""
+    spec = gpu_ops.RowUpdateSpec('adagrad', 0.5, 0.0, 0.0, 0.0, 0.0, 0.0)
+    p, acc = np.full((1, 1), 2.0, np.float32), np.zeros((1, 1), np.float32)
+    gpu_ops.numpy_row_update(spec, [p, acc], np.zeros(3, np.int32), np.float32([[3], [4], [12]]))
+    assert (p[0, 0], acc[0, 0]) == (2.0 - 0.5 * 3, 169.0)
+    spec = gpu_ops.RowUpdateSpec('adam_legacy', 0.1, 0.0, 0.0, 1e-6, 0.999, 0.9)
+    p, v, m, t = (np.full((1, 2), x, np.float32) for x in (1.0, 0.5, 0.5, 2.0))
+    gpu_ops.numpy_row_update(spec, [p, v, m, t], np.zeros(3, np.int32), np.ones((3, 2), np.float32))
+    np.testing.assert_array_equal(t, 5.0)
+
+
+def hand_rule(adapt, mu, lmbd, p, states, g, lr, eps=1e-6, rho=None, b1=0.9):
+    """The contract's sparse update for ONE row that occurs len(g) times in a step, written occurrence by
+    occurrence in float64 scalars: returns (new p, new states). states as gpu_ops orders them (adapt
+    states, then the velocity)."""
+    n, st = len(g), list(states)
+    if adapt == 'adam':                 # this project's textbook Adam: one step with the summed gradient
+        g, n = [sum(g)], 1
+    if adapt == 'adagrad':
+        ghat = [gk / np.sqrt(st[0] + gk ** 2 + eps) for gk in g]
+        st[0] = st[0] + sum(gk ** 2 for gk in g)
+    elif adapt == 'rmsprop':
+        st[0] = rho * st[0] + (1 - rho) * sum(gk ** 2 for gk in g)
+        ghat = [gk / np.sqrt(st[0] + eps) for gk in g]
+    elif adapt == 'adadelta':
+        st[0] = rho * st[0] + (1 - rho) * sum(gk ** 2 for gk in g)
+        c = [(st[1] + eps) / (st[0] + eps)] * n
+        st[1] = rho * st[1] + (1 - rho) * sum(ck * gk ** 2 for ck, gk in zip(c, g))
+        ghat = [gk * np.sqrt(ck) for ck, gk in zip(c, g)]
+    elif adapt == 'adam_legacy':
+        st[0] = rho * st[0] + (1 - rho) * sum(gk ** 2 for gk in g)
+        st[1] = b1 * st[1] + (1 - b1) * sum(gk ** 2 for gk in g)      # the original's squared first moment
+        corr = 1 - b1 ** (st[2] + 1)
+        st[2] = st[2] + n
+        ghat = [(st[1] / corr) / (np.sqrt(st[0] / corr) + eps)] * n
+    elif adapt == 'adam':
+        t = st[2] + 1
+        st[0] = rho * st[0] + (1 - rho) * g[0] ** 2
+        st[1] = b1 * st[1] + (1 - b1) * g[0]
+        st[2] = t
+        ghat = [(st[1] / (1 - b1 ** t)) / (np.sqrt(st[0] / (1 - rho ** t)) + eps)]
+    else:
+        ghat = list(g)
+    delta = [lr * (gh + lmbd * p) for gh in ghat]
+    if mu > 0:
+        v_occ = [mu * st[-1] - d for d in delta]
+        st[-1] = v_occ[-1]
+        return p + sum(v_occ), st
+    return p - sum(delta), st
+
+
+def hand_step(spec, arrays, idx, g):
+    """hand_rule applied to every (row, column) of arrays = [p, *states]; returns new float64 arrays."""
+    out = [a.astype(np.float64) for a in arrays]
+    for r in np.unique(idx):
+        occ = np.flatnonzero(idx == r)
+        for k in range(arrays[0].shape[1]):
+            p, st = hand_rule(spec.adapt, spec.mu, spec.lmbd, float(arrays[0][r, k]),
+                              [float(a[r, k]) for a in arrays[1:]], [float(x) for x in g[occ, k]],
+                              spec.lr, spec.eps, spec.rho, spec.b1)
+            for a, v in zip(out, [p] + st):
+                a[r, k] = v
+    return out
+
+
+HEAVY_IDX = np.array([2, 2, 5, 2, 0, 5, 2, 2], dtype=np.int32)   # row 2 five times, row 5 twice
+
+
+@pytest.mark.parametrize('adapt, mu, lmbd', list(itertools.product(ADAPTS, [0.0, 0.5], [0.0, 0.01])))
+def test_heavily_repeated_rows_follow_the_hand_rule(adapt, mu, lmbd):
+    """Every optimiser, with and without momentum and L2: the numpy perform and the plain graph against the
+    contract's rule written out occurrence by occurrence, one step from non-zero states."""
+    spec = spec_for(adapt, mu, lmbd)
+    arrays = start_arrays(spec)
+    if adapt in ('adam', 'adam_legacy'):
+        arrays[3] = np.float32(np.arange(N * D).reshape(N, D) % 4)   # step counts 0..3
+    g = np.random.default_rng(5).normal(size=(len(HEAVY_IDX), D)).astype(np.float32)
+    want = hand_step(spec, arrays, HEAVY_IDX, g)
+    got = [a.copy() for a in arrays]
+    gpu_ops.numpy_row_update(spec, got, HEAVY_IDX, g)
+    plain, plain_vars = compiled_step(spec, arrays, custom_opt.compile_mode('python'))
+    plain(HEAVY_IDX, g)
+    for w, a, b in zip(want, got, plain_vars):
+        np.testing.assert_allclose(a, w, rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(b.get_value(), w, rtol=2e-5, atol=1e-6)
 
 
 NUMBA_CASES = [(a, 0.5, 0.01) for a in ADAPTS] + [(None, 0.0, 0.0), ('adagrad', 0.0, 0.0), ('rmsprop', 0.0, 0.0)]
@@ -91,9 +183,9 @@ def test_numba_kernel_equals_numpy_reference(adapt, mu, lmbd):
     ref = start_arrays(spec)
     fn, shared = compiled_step(spec, ref, custom_opt.compile_mode('numba', fused=True))
     assert [n.op.inplace for n in fn.maker.fgraph.apply_nodes if isinstance(n.op, gpu_ops.SparseRowUpdate)] == [True]
-    for g in gradients(3):
-        gpu_ops.numpy_row_update(spec, ref, IDX, g)
-        fn(IDX, g)
+    for g, idx in zip(gradients(4), [IDX, HEAVY_IDX, IDX, HEAVY_IDX]):
+        gpu_ops.numpy_row_update(spec, ref, idx, g)
+        fn(idx, g)
     for a, b in zip(ref, shared):
         np.testing.assert_allclose(b.get_value(), a, rtol=2e-5, atol=1e-6)
 
@@ -116,9 +208,9 @@ def test_jax_implementation_equals_numpy_reference(adapt, mu, lmbd, occurrences,
     spec = spec_for(adapt, mu, lmbd)
     ref, got = start_arrays(spec), [jax.numpy.asarray(a) for a in start_arrays(spec)]
     fn = jax.jit(gpu_ops._jax_funcify_sparse_row_update(gpu_ops.SparseRowUpdate(*spec)))
-    for g in gradients(3):
-        gpu_ops.numpy_row_update(spec, ref, IDX, g)
-        out = fn(*got, IDX, g)
+    for g, idx in zip(gradients(4), [IDX, HEAVY_IDX, IDX, HEAVY_IDX]):
+        gpu_ops.numpy_row_update(spec, ref, idx, g)
+        out = fn(*got, idx, g)
         got = list(out) if isinstance(out, tuple) else [out]
     for a, b in zip(ref, got):
         np.testing.assert_allclose(np.asarray(b), a, rtol=2e-5, atol=1e-6)

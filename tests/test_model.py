@@ -449,3 +449,42 @@ def test_host_store_draws_what_searchsorted_draws():
     assert np.array_equal(np.array([every_step.next() for _ in range(3)]), expected[:3])
     flat = gru4rec.NegativeSampler(support, 0.0, 64, 64 * 40, np.random.default_rng(11))
     assert np.array_equal(flat.store.ravel(), np.random.default_rng(11).integers(3000, size=64 * 40, dtype=np.int32))
+
+
+def test_original_rng_store_continues_the_weights_randomstate():
+    """rng='original' (a RandomState): the store holds what the original's CPU store draws from its global
+    RandomState, choice(n_items, size) for alpha = 0 and searchsorted(cdf, random_sample(size)) otherwise,
+    refilled from the same state when used up."""
+    support = np.random.default_rng(5).integers(1, 500, size=3000) ** 2
+    cdf = gru4rec.sampling_cdf(support, 0.5)
+    state = np.random.RandomState(42)
+    state.rand(7)                                              # as if the weights had been drawn first
+    sampler = gru4rec.NegativeSampler(support, 0.5, 64, 64 * 40, state)
+    want = np.random.RandomState(42)
+    want.rand(7)
+    expected = np.searchsorted(cdf, want.random_sample(64 * 80)).reshape(80, 64)
+    assert np.array_equal(np.array([sampler.next() for _ in range(80)]), expected)
+    flat = gru4rec.NegativeSampler(support, 0.0, 64, 64 * 40, np.random.RandomState(3))
+    assert np.array_equal(flat.store.ravel(), np.random.RandomState(3).choice(3000, 64 * 40))
+
+
+def test_original_rng_runs_are_reproducible_resumable_and_cpu_store_only(tmp_path):
+    """rng='original' is deterministic, differs from the default streams, resumes to the uninterrupted run's
+    weights (the sampler's state is the weights' RandomState, saved once) and refuses the in-graph store."""
+    params = dict(layers=[6], batch_size=4, n_sample=5, n_epochs=2, loss='cross-entropy', final_act='softmax',
+                  momentum=0.2, logq=1.0, sample_alpha=0.5, backend='python', rng='original')
+    data = generated_sessions(n_sessions=60)
+    full = GRU4Rec(**params).fit(data, sample_store=5 * 7, log_steps=True)   # 7 rows: refilled within an epoch
+    again = GRU4Rec(**params).fit(data, sample_store=5 * 7, log_steps=True)
+    np.testing.assert_array_equal(again.step_costs_, full.step_costs_)
+    assert len(full.step_costs_) == len(full.step_sizes_) == sum(e['steps'] for e in full.epoch_stats_)
+    other = GRU4Rec(**{**params, 'rng': 'default'}).fit(data, sample_store=5 * 7, log_steps=True)
+    assert not np.array_equal(other.step_costs_, full.step_costs_)
+    GRU4Rec(**params).fit(data, sample_store=5 * 7, checkpoint_dir=str(tmp_path), epoch_callback=lambda m, s: True)
+    resumed = GRU4Rec(**params).fit(data, sample_store=5 * 7, checkpoint_dir=str(tmp_path), resume=True)
+    for k, v in full.get_weights().items():
+        np.testing.assert_array_equal(resumed.get_weights()[k], v, err_msg=k)
+    with pytest.raises(GRU4RecError, match="rng='original' needs store_type='cpu'"):
+        GRU4Rec(**params).fit(data, store_type='gpu')
+    with pytest.raises(GRU4RecError, match='Invalid value for parameter rng'):
+        GRU4Rec(rng='theano')

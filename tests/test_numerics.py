@@ -157,14 +157,14 @@ def test_grad_cap_rescales_every_gradient():
 
 
 def test_repeated_item_semantics_by_hand():
-    """Adagrad + momentum on one row that occurs twice: increments add up, the states keep one occurrence.
-    Worked by hand with g1 = 1, g2 = 3, lr = 1, mu = 0.5 and zero states:
-      acc rows (from the old acc): 1 and 9 -> acc = 9 (last wins)
-      ghat = 1/sqrt(1+eps), 3/sqrt(9+eps) ~ 1, 1;  v_occ = -1, -1 -> v = -1;  W += -1 + -1 = -2."""
+    """Adagrad + momentum on one row that occurs twice: increments and the accumulator add up, the velocity
+    keeps one occurrence. Worked by hand with g1 = 1, g2 = 3, lr = 1, mu = 0.5 and zero states:
+      each occurrence scaled from the old acc: 1 and 9 -> acc = 0 + 1 + 9 = 10 (as the original runs)
+      ghat = 1/sqrt(1+eps), 3/sqrt(9+eps) ~ 1, 1;  v_occ = -1, -1 -> v = -1 (last);  W += -1 + -1 = -2."""
     opt = ref.Optimiser({'W': np.zeros((2, 1))}, dict(adapt='adagrad', learning_rate=1.0, momentum=0.5))
     opt.step({}, [('W', np.array([1, 1]), np.array([[1.0], [3.0]]))])
     np.testing.assert_allclose(opt.w['W'][1], [-2.0], rtol=1e-5)
-    np.testing.assert_allclose(opt.state[('W', 'acc')][1], [9.0])
+    np.testing.assert_allclose(opt.state[('W', 'acc')][1], [10.0])
     np.testing.assert_allclose(opt.state[('W', 'vel')][1], [-1.0], rtol=1e-5)
 
 
