@@ -207,8 +207,10 @@ def _neg_log_softmax(x):
 
 
 def _elu(x, alpha):
-    """x if x >= 0 else alpha * (exp(x) - 1)."""
-    return pt.maximum(x, 0) + alpha * pt.exp(pt.minimum(x, 0)) - alpha
+    """x if x >= 0 else alpha * (exp(x) - 1). Positive scores pass unchanged (max(x, 0) + alpha - alpha would
+    round away their low bits); the negative side as alpha * exp(x) - alpha, which PyTensor does not turn
+    into expm1."""
+    return pt.switch(x >= 0, x, alpha * pt.exp(pt.minimum(x, 0)) - alpha)
 
 
 def parse_activation(name, final):

@@ -185,3 +185,15 @@ def test_merged_repeated_item_by_hand():
     opt.step({}, [('W', np.array([1, 1]), np.array([[1.0], [3.0]]))])
     np.testing.assert_allclose(opt.w['W'][1], [-1.0], rtol=1e-5)
     np.testing.assert_allclose(opt.state[('W', 'acc')][1], [16.0])
+
+
+@pytest.mark.parametrize('name', ['elu-0.5', 'selu-1.0-0.5'])
+def test_elu_passes_small_positive_scores_unchanged(name):
+    """x if x >= 0: a positive score keeps all its bits (as written max(x, 0) + alpha - alpha, 1e-4 came back
+    as 1.0000e-4 +- 3e-8, i.e. off by 3e-4 relative); the negative side equals alpha * (exp(x) - 1)."""
+    x = pt.vector('x', dtype='float32')
+    f = pytensor.function([x], parse_activation(name, final=True)(x), mode='FAST_COMPILE')
+    v = np.float32([1e-4, 3e-7, 0.0, 2.5, -1e-3, -4.0])
+    out = f(v)
+    np.testing.assert_array_equal(out[:4], v[:4])
+    np.testing.assert_allclose(out[4:], 0.5 * np.expm1(v[4:].astype(np.float64)), rtol=1e-4)
