@@ -366,7 +366,7 @@ def check_device(gru, own, error):
     """A device that JAX does not see (or a missing JAX) fails here, before the data are read, naming the -d
     that asked for it (the model sees 'cuda' once apply_config has hidden the other GPUs)."""
     try:
-        gru._mode()
+        gru.compile_mode()
     except error as e:
         if own['device'] == 'cpu':
             raise

@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import _params
 from gru4rec import GRU4Rec, GRU4RecError, session_parallel_batches
 
 
@@ -93,7 +94,9 @@ def test_embedding_layersize(capsys):
     m = GRU4Rec().set_params(layers='64', embedding='layersize')
     assert m.embedding == 64
     assert 'SET   embedding' in capsys.readouterr().out
-    assert GRU4Rec(layers=[32], embedding='layersize').embedding == 32
+    constructed = GRU4Rec(layers=[32], embedding='layersize')
+    assert constructed.embedding == 'layersize'                     # stored as given; fit resolves it
+    assert _params.checked(constructed.get_params()).embedding == 32 and constructed.embedding_mode == 'separate'
 
 
 @pytest.mark.parametrize('kw,message', [
@@ -124,7 +127,8 @@ def test_get_params_round_trip():
     clone = GRU4Rec(**m.get_params())
     assert clone.get_params() == m.get_params()
     assert clone.adapt_params_ == [0.9]   # per-optimiser default fills an empty adapt_params
-    assert GRU4Rec(adapt=None).adapt == 'sgd'
+    assert GRU4Rec().set_params(adapt=None).adapt == 'sgd'
+    assert _params.checked(GRU4Rec(adapt=None).get_params()).adapt == 'sgd'
 
 
 def test_fit_does_not_modify_callers_frame_and_checks_columns():
