@@ -315,7 +315,8 @@ PREFETCH_AHEAD = 4   # rows: measured best among 2-16 for 2,112 rows of 100 floa
 
 def _numba_kernel(spec):
     """An njit function (p, s0, s1, s2, vel, idx, g) -> None updating in place; unused states are 1 x d
-    placeholders."""
+    placeholders. One long function on purpose: the method's branches are compile-time constants of one
+    loop over the rows, which Numba compiles (and LLVM vectorises) as a whole."""
     from pytensor.link.numba.dispatch.basic import numba_njit
     f = np.float32
     lr, mu, lmbd, eps, rho, b1 = map(f, (spec.lr, spec.mu, spec.lmbd, spec.eps, spec.rho, spec.b1))
@@ -568,7 +569,8 @@ def jax_occurrences(idx, n_rows):
 
 
 def jax_sparse_row_update(op, node=None, **kwargs):
-    """Vectorised over occurrences. Repeated rows: the velocity keeps the last occurrence (found
+    """The JAX implementation of a SparseRowUpdate node (jax_funcify; branch for branch plain_row_update's
+    steps, vectorised over occurrences, so it is kept in one piece beside it). Repeated rows: the velocity keeps the last occurrence (found
     deterministically by jax_occurrences); sums go through scatter-add, which is deterministic on the CPU
     but may add repeated rows in any order on a GPU unless XLA is told to use deterministic ops (not set
     by this project yet, and not checked on a GPU: no device was available when this was written)."""

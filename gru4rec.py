@@ -28,9 +28,9 @@ import pytensor
 import pytensor.tensor as pt
 
 if __package__:
-    from . import _batches, _files, _graph, _optim, _params, _sampling, _training, _devices, custom_opt, evaluation
+    from . import _batches, _devices, _files, _graph, _optim, _params, _sampling, _training, custom_opt, evaluation
 else:
-    import _batches, _files, _graph, _optim, _params, _sampling, _training, _devices, custom_opt, evaluation  # noqa: E401
+    import _batches, _devices, _files, _graph, _optim, _params, _sampling, _training, custom_opt, evaluation  # noqa: E401
 
 # The names that gru4rec.py held when it was one module, re-exported from their homes (users and tests import them).
 GRU4RecError, DEFAULTS, DEFAULT_ADAPT_PARAMS, LOSSES, OPTIMISERS, RNGS = (
