@@ -20,7 +20,6 @@ and log are optional (not both).
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time

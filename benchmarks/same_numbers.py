@@ -25,6 +25,8 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ('rsc15_bpr-max', 'rsc15_bpr-max_constrained', 'rsc15_cross-entropy_logq')
 BACKENDS = ('numba', 'jax')
 DATA = os.path.join(HERE, 'data', 'rsc15_64')
+# The children's thread counts, set in their environment: this script imports nothing from the checkouts it
+# compares (so not _devices.pin_threads, which older checkouts lack either)
 ONE_THREAD = {var: '1' for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'NUMBA_NUM_THREADS')}
 
 
