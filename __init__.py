@@ -1,5 +1,5 @@
-"""GRU4Rec on PyTensor. In a checkout the modules are used directly (import gru4rec); installed, they form
-this package: from gru4rec import GRU4Rec, evaluate.
+"""GRU4Rec on PyTensor. Installed, the checkout's modules form this package; in a checkout they are used
+directly (gru4rec is then the module gru4rec.py). Either way: from gru4rec import GRU4Rec, GRU4RecError, evaluate.
 
 The names below are imported on first use (PEP 562), not with the package: the command line
 (gru4rec.run, gru4rec.paropt) must apply its configuration (PyTensor flags, BLAS threads, device) before

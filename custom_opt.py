@@ -1,7 +1,8 @@
 """Backend configuration and the graph rewrites that put gpu_ops' custom Ops in place.
 
-The model code in gru4rec.py builds plain PyTensor graphs; this module decides how they are compiled.
-Backends:
+The model code (_graph.py, _optim.py) builds plain PyTensor graphs; this module decides how they are
+compiled, and holds each backend's defaults for training and evaluation. Backends (names and the device ->
+backend policy: _devices.py):
 
 * ``numba``  -- PyTensor's Numba backend (the CPU default; cold compile ~30 s, then cached on disk).
 * ``jax``    -- PyTensor's JAX backend (the GPU path; also runs on the CPU when JAX is installed).
@@ -24,7 +25,6 @@ Rewrites (registered in PyTensor's optdb when this module is imported; tag ``gru
   element-wise fusion pass, after it has inlined softmax and before it builds the fused loops.
 """
 import functools
-import re
 
 from pytensor.compile import optdb
 from pytensor.compile.sharedvalue import SharedVariable
@@ -35,28 +35,13 @@ from pytensor.tensor.elemwise import Elemwise
 from pytensor.tensor.math import Max, Sum
 from pytensor.tensor.rewriting.elemwise import fuse_seqopt
 
-try:  # package import (installed) or top-level import (checkout)
-    from . import gpu_ops
-except ImportError:
-    import gpu_ops
+if __package__:
+    from . import _devices, gpu_ops
+else:
+    import _devices, gpu_ops  # noqa: E401
 
-BACKENDS = ('numba', 'jax', 'python')
-DEFAULT_BACKEND = 'numba'
 FUSED_TAG, PLAIN_TAG, JAX_TAG = 'gru4rec_fused', 'gru4rec_plain', 'gru4rec_jax'
 NUMBA_FAST_TAG = 'gru4rec_numba_fast'
-
-
-def check_backend(backend):
-    """Return the canonical backend name or raise ValueError with the accepted names."""
-    name = DEFAULT_BACKEND if backend is None else str(backend).strip().lower()
-    if name not in BACKENDS:
-        raise ValueError(f'unknown backend "{backend}"; use one of: {", ".join(BACKENDS)}')
-    if name == 'jax':
-        try:
-            import jax  # noqa: F401
-        except ImportError:
-            raise ValueError('backend "jax" needs JAX: pip install "jax[cuda12]" (GPU) or pip install jax (CPU)') from None
-    return name
 
 
 # Where the fused Ops are used by default: everywhere but the python reference backend. On Numba they are the
@@ -85,40 +70,12 @@ EVAL_CHUNK_BY_DEFAULT = {'numba': 0, 'jax': 100, 'python': 0}
 STORE_BY_DEFAULT = {'numba': 'cpu', 'jax': 'gpu', 'python': 'cpu'}
 
 
-def parse_device(device):
-    """(kind, index) of a device name: None or 'cpu[:N]' -> ('cpu', N or None); 'cuda[:N]', 'cudaN', 'gpu[:N]'
-    (Theano's spelling) -> ('cuda', N or None). ValueError for anything else."""
-    if device is None:
-        return 'cpu', None
-    m = re.fullmatch(r'(cpu|cuda|gpu):?(\d*)', str(device).strip().lower())
-    if not m:
-        raise ValueError(f'unknown device "{device}"; use cpu or cuda[:N]')
-    return ('cpu' if m[1] == 'cpu' else 'cuda'), (int(m[2]) if m[2] else None)
-
-
-def jax_device(device):
-    """The JAX device object of a device name (see parse_device); ValueError with what to do if JAX does not
-    see it (e.g. a CPU-only JAX install)."""
-    import jax
-    kind, index = parse_device(device)
-    try:
-        found = jax.devices('cpu' if kind == 'cpu' else 'gpu')
-    except RuntimeError:   # JAX knows no such platform: a CPU-only install
-        found = []
-    if not found:
-        raise ValueError(f'device "{device}": JAX sees no GPU (its devices: {", ".join(str(d) for d in jax.devices())}); '
-                         f'for NVIDIA GPUs install the GPU extra: pip install ".[gpu]" in the checkout (= pip install "jax[cuda12]")')
-    if (index or 0) >= len(found):
-        raise ValueError(f'device "{device}": JAX sees {len(found)} {kind} device(s) (0..{len(found) - 1})')
-    return found[index or 0]
-
-
 def compile_mode(backend, fused=None, device=None):
-    """The PyTensor Mode for a backend name (see check_backend). fused: True puts gpu_ops' fused Ops in
-    place, False keeps the plain graphs, None (default) follows FUSE_BY_DEFAULT. device (JAX only; see
-    parse_device): where the compiled functions run; None = JAX's default device."""
+    """The PyTensor Mode for a backend name (see _devices.check_backend). fused: True puts gpu_ops' fused Ops
+    in place, False keeps the plain graphs, None (default) follows FUSE_BY_DEFAULT. device (JAX only; see
+    _devices.parse_device): where the compiled functions run; None = JAX's default device."""
     from pytensor.compile.mode import Mode, get_mode
-    backend = check_backend(backend)
+    backend = _devices.check_backend(backend)
     mode = get_mode({'numba': 'NUMBA', 'jax': 'JAX', 'python': 'FAST_COMPILE'}[backend])
     if fused is None:
         fused = FUSE_BY_DEFAULT[backend]
@@ -129,9 +86,9 @@ def compile_mode(backend, fused=None, device=None):
     if backend == 'jax':
         gpu_ops.register_jax()
         mode = mode.including(JAX_TAG)
-        mode = Mode(linker=_device_jax_linker(None if device is None else jax_device(device))(),
+        mode = Mode(linker=_device_jax_linker(None if device is None else _devices.jax_device(device))(),
                     optimizer=mode.provided_optimizer)
-    elif parse_device(device)[0] != 'cpu':
+    elif _devices.parse_device(device)[0] != 'cpu':
         raise ValueError(f'device "{device}" needs the jax backend (the {backend} backend runs on the CPU)')
     return mode
 

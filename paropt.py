@@ -20,18 +20,17 @@ and log are optional (not both).
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
 from collections import OrderedDict
 
-try:
-    from . import run
-except ImportError:
-    import run
+if __package__:
+    from . import cli, run
+else:
+    import cli, run  # noqa: E401
 
-InputError = run.InputError
+InputError = cli.InputError
 DTYPES = ('int', 'float', 'categorical')
 
 
@@ -144,7 +143,7 @@ class Search:
     def __init__(self, args, mod, evaluation, train, valid):
         self.args, self.mod, self.evaluation = args, mod, evaluation
         self.train, self.valid = train, valid
-        self.fixed = run.parse_parameter_string(args.fixed_parameters) if args.fixed_parameters else OrderedDict()
+        self.fixed = cli.parse_parameter_string(args.fixed_parameters) if args.fixed_parameters else OrderedDict()
         self.space = read_parameter_space(args.optuna_parameter_file)
         both = set(self.fixed) & {e['name'] for e in self.space}
         if both:
@@ -191,8 +190,8 @@ class Search:
         except self.mod.GRU4RecError as e:  # e.g. a sampled batch size larger than the data allows
             raise TrialError(f'trial {trial.number}: {e}') from None
         trial.set_user_attr('seconds', time.time() - t0)
-        if gru.error_during_train:
-            raise TrialError(f'trial {trial.number}: the loss became NaN in epoch {gru.error_epoch}')
+        if gru.error_during_train_:
+            raise TrialError(f'trial {trial.number}: the loss became NaN in epoch {gru.error_epoch_}')
         if len(values) < gru.n_epochs:
             print(f'TRIAL {trial.number} PRUNED after epoch {len(values)} ({values[-1]:.6f})')
             raise optuna.TrialPruned()
@@ -254,14 +253,14 @@ def write_best(study, search, path):
     comment = (f'Best GRU4Rec parameters of paropt study "{study.study_name}" (trial {best.number}, '
                f'{search.args.primary_metric}@{search.args.measure} = {best.value:.6f} on the validation data).')
     text = parameter_file_text(params, comment).encode('utf-8')
-    search.mod.atomic_write(path, lambda f: f.write(text))
+    cli.sibling('_files').atomic_write(path, lambda f: f.write(text))
     return params
 
 
 # --- command line ------------------------------------------------------------------------------------
 
 def build_parser():
-    p = run._Parser(prog='paropt', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(prog='paropt', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('path', metavar='PATH', help='training data')
     p.add_argument('test_path', metavar='TEST_PATH', help='validation data the trials are scored on')
     p.add_argument('-opf', '--optuna_parameter_file', metavar='PATH', required=True, help='JSON-lines parameter space')
@@ -295,11 +294,11 @@ def main(argv=None):
     try:
         return _main(sys.argv[1:] if argv is None else argv)
     except InputError as e:
-        return run._error(str(e))
+        return cli.report_error(str(e))
 
 
 def _main(argv):
-    args = build_parser().parse_args(argv)   # usage errors raise InputError (run._Parser)
+    args = build_parser().parse_args(argv)   # usage errors raise InputError (cli.Parser)
     if args.ntrials < 1:
         raise InputError('-nt/--ntrials must be at least 1')
     if args.measure < 1 or any(c < 1 for c in args.final_measure):
@@ -308,29 +307,25 @@ def _main(argv):
     environ = dict(os.environ)
     if args.theano_flags:
         environ['THEANO_FLAGS'] = args.theano_flags
-    args.own, flags = run.resolve_config(args.device, args.backend, environ=environ)
-    args.own['model_device'] = run.apply_config(args.own, flags)
+    args.own, flags = cli.resolve_config(args.device, args.backend, environ=environ)
+    args.own['model_device'] = cli.apply_config(args.own, flags)
     try:
         import optuna  # noqa: F401
     except ImportError:
         raise InputError('paropt needs Optuna: pip install optuna (or the extra: pip install -e ".[tune]")') from None
-    mod = run._import_model_module(args.gru4rec_model)
+    mod = cli.import_model_module(args.gru4rec_model)   # numpy, PyTensor (and JAX) are imported from here on
     try:
-        from . import evaluation
-    except ImportError:
-        import evaluation
-    try:
-        return _search(args, mod, evaluation)
+        return _search(args, mod, cli.sibling('evaluation'))
     except mod.GRU4RecError as e:
-        return run._error(str(e))
+        return cli.report_error(str(e))
 
 
 def _search(args, mod, evaluation):
     import optuna
     probe = mod.GRU4Rec()
     keys = (args.session_key or probe.session_key, args.item_key or probe.item_key, args.time_key or probe.time_key)
-    train, _ = run.load_data(args.path, keys, 'training')
-    (valid, _), = run.load_test_files([args.test_path], keys, set(train[keys[1]].unique()))
+    train, _ = cli.load_data(args.path, keys, 'training')
+    (valid, _), = cli.load_test_files([args.test_path], keys, set(train[keys[1]].unique()))
     if args.fixed_parameters is not None or any((args.item_key, args.session_key, args.time_key)):
         extra = ','.join(f'{k}={v}' for k, v in zip(('session_key', 'item_key', 'time_key'),
                                                     (args.session_key, args.item_key, args.time_key)) if v)

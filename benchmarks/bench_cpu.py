@@ -12,10 +12,10 @@ import platform
 import statistics
 import sys
 
-# One BLAS/Numba thread unless the caller says otherwise: set before numpy is imported.
-for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'NUMBA_NUM_THREADS'):
-    os.environ.setdefault(var, '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _devices  # noqa: E402
+
+_devices.pin_threads(1)   # one BLAS/Numba thread unless the caller says otherwise: before numpy is imported
 
 import time  # noqa: E402
 

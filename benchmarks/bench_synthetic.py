@@ -68,15 +68,15 @@ def main():
     p.add_argument('--backend', choices=['numba', 'jax', 'python'], default='numba', help='training backend')
     p.add_argument('--chunk', type=int, default=None, help="minibatches per compiled training call (default: the backend's)")
     args = p.parse_args()
-    import custom_opt
+    import _devices
     from gru4rec import GRU4Rec
     import evaluation
-    custom_opt.check_backend(args.backend)
+    _devices.check_backend(args.backend)
     use_fused(args.fused, args.backend)
     backends = []
     for b in args.eval_backends:
         try:
-            custom_opt.check_backend(b)
+            _devices.check_backend(b)
             backends.append(b)
         except ValueError as e:
             print(f'skipping evaluation on {b}: {e}')

@@ -25,16 +25,17 @@ import os
 import sys
 import time
 
-for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'NUMBA_NUM_THREADS'):
-    os.environ.setdefault(var, '1')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import _devices  # noqa: E402
+
+_devices.pin_threads(1)   # before numpy is imported
 
 import numpy as np  # noqa: E402
 
 import evaluation  # noqa: E402
 from gru4rec import GRU4Rec  # noqa: E402
-from run import load_data, load_parameter_file, parse_parameter_string  # noqa: E402
+from cli import load_data, load_parameter_file, parse_parameter_string  # noqa: E402
 
 KEYS = ('SessionId', 'ItemId', 'Time')
 

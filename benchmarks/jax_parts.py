@@ -1,7 +1,7 @@
 """Per-step cost of the JAX training step's catalogue-sized parts, inside a compiled loop (as in chunked
 training; the marginal cost of an iteration, so no per-call dispatch or copy is counted): the repeated-row
 bookkeeping of the fused update by each of its two methods (int32 scratch over the catalogue, or a sort of
-the indices; gpu_ops._jax_occurrences), the whole fused Adagrad update of an [N x layers] matrix by each
+the indices; _row_update.jax_occurrences), the whole fused Adagrad update of an [N x layers] matrix by each
 method, and the negative sampler two ways (a binary search of the popularity CDF in a loop, and
 SampleItems' fixed few steps from a guide table). Prints one table row per catalogue size, and which
 repeated-row method gpu_ops picks there.
@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+import _row_update  # noqa: E402
 import gpu_ops  # noqa: E402
 
 
@@ -62,9 +63,9 @@ def main():
     print(f'machine: {platform.processor() or platform.machine()}, JAX {jax.__version__} on {jax.devices()[0]}, '
           f'K={args.k}, layers={args.layers}, {args.steps} and {2 * args.steps} steps per call')
     spec = gpu_ops.RowUpdateSpec('adagrad', 0.1, 0.0, 0.0, 1e-6, 0.0, 0.0)
-    update = gpu_ops._jax_funcify_sparse_row_update(gpu_ops.SparseRowUpdate(*spec))
+    update = _row_update.jax_sparse_row_update(gpu_ops.SparseRowUpdate(*spec))
     rng = np.random.default_rng(0)
-    steps, default_limit = args.steps, gpu_ops.JAX_SCRATCH_ROWS_PER_INDEX
+    steps, default_limit = args.steps, _row_update.JAX_SCRATCH_ROWS_PER_INDEX
     compiled = functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
     rows = []
     for n in args.items:
@@ -75,12 +76,12 @@ def main():
         cdf = cdf / cdf[-1]
         row = {}
         for name, limit in (('scratch', 10 ** 12), ('sort', 0)):
-            gpu_ops.JAX_SCRATCH_ROWS_PER_INDEX = limit      # read when the functions below are traced
+            _row_update.JAX_SCRATCH_ROWS_PER_INDEX = limit      # read when the functions below are traced
 
             @compiled
             def occurrences(steps, acc, base):
                 def body(i, acc):
-                    first_pos, last = gpu_ops._jax_occurrences(step_indices(i, base, n), n)
+                    first_pos, last = _row_update.jax_occurrences(step_indices(i, base, n), n)
                     return acc + first_pos[0] + last.sum(dtype=jnp.int32)
                 return lax.fori_loop(0, steps, body, acc)
 
@@ -111,7 +112,7 @@ def main():
         row['search'] = per_step_us(search, jnp.int32(0), (cdf,), steps)
         row['guided'] = per_step_us(guided, jnp.int32(0), (cdf, guide), steps)
         row['levels'] = levels
-        gpu_ops.JAX_SCRATCH_ROWS_PER_INDEX = default_limit
+        _row_update.JAX_SCRATCH_ROWS_PER_INDEX = default_limit
         picked = 'scratch' if gpu_ops.jax_occurrences_by_scratch(n, args.k) else 'sort'
         rows.append((n, row, picked))
     print('\n| items | repeated rows: scratch us | sort us | Adagrad update: scratch us | sort us | gpu_ops picks '

@@ -278,6 +278,25 @@ def test_configuration_precedence(tmp_path):
     env = {'CUDA_VISIBLE_DEVICES': '2,3'}
     assert cli.apply_config({'device': 'gpu1', 'backend': 'jax'}, {}, environ=env) == 'cuda:1'
     assert env['CUDA_VISIBLE_DEVICES'] == '2,3'                             # the user's mask is kept
+    own, _ = cli.resolve_config(cli_device='cpu:1', environ={}, flags_file=str(rc))
+    assert own['device'] == 'cpu:1' and own['backend'] == 'numba'          # cpu:N, as the model takes it
+    assert cli.apply_config(own, {}, environ={}) == 'cpu:1'
+
+
+def test_command_line_and_model_share_the_device_policy():
+    """-d accepts the device names that GRU4Rec(device=...) accepts, and picks the backend the model picks
+    for them (one policy, _devices.py); names that one refuses, the other refuses too."""
+    pytest.importorskip('jax')
+    import cli
+    from gru4rec import GRU4Rec, GRU4RecError
+    for name in ('cpu', 'cpu:1', 'CPU0', 'cuda', 'cuda:1', 'cuda0', 'gpu', 'gpu1', 'GPU:2'):
+        own, _ = cli.resolve_config(cli_device=name, environ={}, flags_file='no such file')
+        assert own['backend'] == GRU4Rec(device=name).effective_backend, name
+    for name in ('tpu', 'cudax', 'cpu:x', 'cuda:-1'):
+        with pytest.raises(cli.InputError, match='Unknown device'):
+            cli.resolve_config(cli_device=name, environ={}, flags_file='no such file')
+        with pytest.raises(GRU4RecError, match='parameter device'):
+            GRU4Rec().set_params(device=name)
 
 
 def test_command_line_modules_import_no_numerics_before_configuring(tmp_path):

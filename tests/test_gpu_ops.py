@@ -9,6 +9,8 @@ import pytensor.tensor as pt
 import pytest
 from pytensor.compile.mode import get_mode
 
+import _ops_support
+import _row_update
 import custom_opt
 import gpu_ops
 
@@ -204,10 +206,10 @@ def test_jax_implementation_equals_numpy_reference(adapt, mu, lmbd, occurrences,
     """Both ways of finding repeated rows (a scratch vector over the rows, or a sort of the indices)."""
     jax = pytest.importorskip('jax')
     jax.config.update('jax_enable_x64', False)
-    monkeypatch.setattr(gpu_ops, 'JAX_SCRATCH_ROWS_PER_INDEX', 10 ** 6 if occurrences == 'scratch' else 0)
+    monkeypatch.setattr(_row_update, 'JAX_SCRATCH_ROWS_PER_INDEX', 10 ** 6 if occurrences == 'scratch' else 0)
     spec = spec_for(adapt, mu, lmbd)
     ref, got = start_arrays(spec), [jax.numpy.asarray(a) for a in start_arrays(spec)]
-    fn = jax.jit(gpu_ops._jax_funcify_sparse_row_update(gpu_ops.SparseRowUpdate(*spec)))
+    fn = jax.jit(_row_update.jax_sparse_row_update(gpu_ops.SparseRowUpdate(*spec)))
     for g, idx in zip(gradients(4), [IDX, HEAVY_IDX, IDX, HEAVY_IDX]):
         gpu_ops.numpy_row_update(spec, ref, idx, g)
         out = fn(*got, idx, g)
@@ -254,7 +256,7 @@ def test_training_with_fused_updates_equals_plain(monkeypatch):
         m = GRU4Rec(loss='cross-entropy', final_act='softmax', layers=[6], batch_size=8, n_sample=6, n_epochs=3,
                     momentum=0.3, constrained_embedding=True, logq=1.0, backend='numba')
         m.fit(data)
-        runs[fused] = ([e['loss'] for e in m.epoch_stats_], m.weights['Wy'].get_value())
+        runs[fused] = ([e['loss'] for e in m.epoch_stats_], m.weights_['Wy'].get_value())
     np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-5)
     np.testing.assert_allclose(runs[True][1], runs[False][1], rtol=1e-4, atol=1e-6)
 
@@ -263,12 +265,12 @@ def test_numba_kernel_cache_key_changes_with_the_source(tmp_path, monkeypatch):
     """PyTensor caches compiled Numba code by Op class and props: the kernel adds a salt from its source file,
     so an edited kernel is never served from an old cache entry."""
     pytest.importorskip('numba')
-    fn, salt = gpu_ops._numba_funcify_sparse_row_update(gpu_ops.SparseRowUpdate(*spec_for('adagrad', 0.5, 0.0)))
-    assert salt == gpu_ops._source_salt()
-    edited = tmp_path / 'gpu_ops.py'
-    edited.write_bytes(open(gpu_ops.__file__, 'rb').read() + b'\n# edited\n')
-    monkeypatch.setattr(gpu_ops, '__file__', str(edited))
-    assert gpu_ops._source_salt() != salt
+    fn, salt = _row_update.numba_sparse_row_update(gpu_ops.SparseRowUpdate(*spec_for('adagrad', 0.5, 0.0)))
+    assert salt == _ops_support.source_salt(_row_update.__name__)
+    edited = tmp_path / '_row_update.py'
+    edited.write_bytes(open(_row_update.__file__, 'rb').read() + b'\n# edited\n')
+    monkeypatch.setattr(_row_update, '__file__', str(edited))
+    assert _ops_support.source_salt(_row_update.__name__) != salt
 
 
 @pytest.mark.parametrize('mode', ['FAST_COMPILE', 'NUMBA'])

@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import _params
 from gru4rec import GRU4Rec, GRU4RecError, session_parallel_batches
 
 
@@ -93,7 +94,9 @@ def test_embedding_layersize(capsys):
     m = GRU4Rec().set_params(layers='64', embedding='layersize')
     assert m.embedding == 64
     assert 'SET   embedding' in capsys.readouterr().out
-    assert GRU4Rec(layers=[32], embedding='layersize').embedding == 32
+    constructed = GRU4Rec(layers=[32], embedding='layersize')
+    assert constructed.embedding == 'layersize'                     # stored as given; fit resolves it
+    assert _params.checked(constructed.get_params()).embedding == 32 and constructed.embedding_mode == 'separate'
 
 
 @pytest.mark.parametrize('kw,message', [
@@ -124,7 +127,8 @@ def test_get_params_round_trip():
     clone = GRU4Rec(**m.get_params())
     assert clone.get_params() == m.get_params()
     assert clone.adapt_params_ == [0.9]   # per-optimiser default fills an empty adapt_params
-    assert GRU4Rec(adapt=None).adapt == 'sgd'
+    assert GRU4Rec().set_params(adapt=None).adapt == 'sgd'
+    assert _params.checked(GRU4Rec(adapt=None).get_params()).adapt == 'sgd'
 
 
 def test_fit_does_not_modify_callers_frame_and_checks_columns():
@@ -144,3 +148,54 @@ def test_fit_does_not_modify_callers_frame_and_checks_columns():
     assert list(m.itemidmap.index) == [5, 6, 7]     # a rejected input leaves the trained model as it was
     for k, v in m.get_weights().items():
         np.testing.assert_array_equal(v, weights[k])
+
+
+# --- scikit-learn conventions ------------------------------------------------------------------------
+
+def test_scikit_learn_clone_before_and_after_fit():
+    """The constructor stores its arguments as given, so sklearn.base.clone works before and after fit: the
+    clone has the same parameters and none of the learned state, and trains to the same losses."""
+    sklearn_base = pytest.importorskip('sklearn.base')
+    from test_model import generated_sessions
+    data = generated_sessions(n_sessions=50)
+    m = GRU4Rec(layers=(6,), embedding='layersize', adapt_params='0.9', n_epochs=1, batch_size=4, n_sample=5,
+                backend='python', adapt='rmsprop')
+    before = sklearn_base.clone(m)
+    assert before is not m and before.get_params() == m.get_params() and before.embedding == 'layersize'
+    m.fit(data)
+    assert m.get_params() == before.get_params()          # fit changes no parameter
+    after = sklearn_base.clone(m)
+    assert after.get_params() == m.get_params()
+    for learned in ('weights_', 'itemidmap_', 'n_items_', 'item_support_', 'epoch_stats_', 'error_during_train_'):
+        assert hasattr(m, learned) and not hasattr(after, learned), learned
+    assert [e['loss'] for e in after.fit(data).epoch_stats_] == [e['loss'] for e in m.epoch_stats_]
+    assert after.get_weights()['E'].shape == (m.n_items_, 6)  # embedding='layersize' resolved by fit
+
+
+def test_get_params_deep_and_set_params_round_trip(capsys):
+    """get_params(deep=True) equals deep=False (no nested estimators) and names exactly the constructor's
+    arguments; set_params(**get_params()) of one model gives another the same parameters, and clone keeps
+    what set_params set."""
+    import inspect
+    sklearn_base = pytest.importorskip('sklearn.base')
+    m = GRU4Rec(loss='cross-entropy', final_act='softmax', layers=[20, 10], adapt='rmsprop', momentum=0.1)
+    assert m.get_params(deep=True) == m.get_params(deep=False)
+    assert list(m.get_params()) == list(inspect.signature(GRU4Rec).parameters)
+    other = GRU4Rec().set_params(**m.get_params())   # set_params converts: the default adapt_params () -> []
+    assert _params.checked(other.get_params()).as_dict() == _params.checked(m.get_params()).as_dict()
+    assert GRU4Rec().set_params(**other.get_params()).get_params() == other.get_params()
+    assert sklearn_base.clone(other.set_params(layers='8/8')).layers == [8, 8]
+    assert 'SET   layers' in capsys.readouterr().out
+
+
+def test_bad_constructor_value_fails_at_fit_with_the_set_params_message():
+    """The constructor does not check (scikit-learn stores first); fit checks before anything else, with the
+    message set_params gives, and the model stays unfitted."""
+    for bad, message in ((dict(layers='100/x'), 'layers'), (dict(loss='hinge'), 'loss'), (dict(batch_size=0), 'batch_size'),
+                         (dict(rng='theano'), 'Invalid value for parameter rng')):
+        model = GRU4Rec(backend='python', **bad)
+        with pytest.raises(GRU4RecError, match=message):
+            GRU4Rec().set_params(**bad)
+        with pytest.raises(GRU4RecError, match=message):
+            model.fit(pd.DataFrame({'SessionId': [1, 1], 'ItemId': [1, 2], 'Time': [0, 1]}))
+        assert not hasattr(model, 'weights_')

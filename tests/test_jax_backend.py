@@ -88,15 +88,19 @@ def test_jax_mode_donates_updated_buffers_and_keeps_constants_on_device():
 
 
 def test_device_parameter():
-    """device= picks the backend (a GPU means JAX), is checked at construction, is not saved with the model,
-    and a GPU that JAX does not see is one clear error at fit that leaves the model untouched."""
-    with pytest.raises(GRU4RecError, match='Invalid value for parameter device: unknown device "tpu"'):
-        GRU4Rec(device='tpu')
-    with pytest.raises(GRU4RecError, match='needs backend jax'):
-        GRU4Rec(device='cuda:0', backend='numba')
+    """device= picks the backend (a GPU means JAX), is checked by set_params and at the start of fit (the
+    constructor stores it as given), is not saved with the model, and a GPU that JAX does not see is one
+    clear error at fit that leaves the model untouched."""
+    for bad, message in (({'device': 'tpu'}, 'Invalid value for parameter device: unknown device "tpu"'),
+                         ({'device': 'cuda:0', 'backend': 'numba'}, 'needs backend jax')):
+        with pytest.raises(GRU4RecError, match=message):
+            GRU4Rec().set_params(**bad)
+        with pytest.raises(GRU4RecError, match=message):
+            GRU4Rec(**bad).fit(generated_sessions())
+    assert GRU4Rec().set_params(device='CUDA1').get_params()['device'] == 'cuda1'
     m = GRU4Rec(device='CUDA1')
-    assert m.get_params()['device'] == 'cuda1' and m._backend() == 'jax'
-    assert GRU4Rec(device='cpu')._backend() == 'numba'
+    assert m.get_params()['device'] == 'CUDA1' and m.effective_backend == 'jax'
+    assert GRU4Rec(device='cpu').effective_backend == 'numba'
     if any(d.platform == 'gpu' for d in jax.devices()):
         pytest.skip('this machine has a GPU')
     with pytest.raises(GRU4RecError, match=r'JAX sees no GPU .*pip install "jax\[cuda12\]"'):
@@ -124,14 +128,15 @@ sys.path[:0] = [{tests!r}, {os.path.dirname(tests)!r}]
 import numpy as np
 from test_model import generated_sessions
 from gru4rec import GRU4Rec
+import _training
 seen = []
-unpad = GRU4Rec._pad_items
+unpad = _training.TrainingRun.pad_items
 def spy(self, pad):
-    value = self._item_vars[0].get_value(borrow=True)
+    value = self.item_vars[0].get_value(borrow=True)
     if not pad and hasattr(value, 'devices'):
         seen.append(next(iter(value.devices())).id)
     return unpad(self, pad)
-GRU4Rec._pad_items = spy
+_training.TrainingRun.pad_items = spy
 params = dict(layers=[6], batch_size=4, n_sample=5, n_epochs=2, backend='jax')
 one = GRU4Rec(device='cpu:1', **params).fit(generated_sessions())
 zero = GRU4Rec(**params).fit(generated_sessions())

@@ -8,6 +8,9 @@ import pandas as pd
 import pytest
 
 import np_reference as ref
+import _graph
+import _params
+import _training
 import evaluation
 import gru4rec
 from gru4rec import GRU4Rec, GRU4RecError
@@ -23,10 +26,11 @@ def model_with_scores(item_scores, **kw):
     """A model whose (linear) score for item i is item_scores[i] whatever the input: Wy = 0, By = scores."""
     m = GRU4Rec(layers=[3], final_act='linear', backend='python', **kw)
     n = len(item_scores)
-    m.itemidmap = pd.Series(np.arange(n, dtype=np.int32), index=np.arange(n), name='ItemIdx')
-    m._setup(np.ones(n, dtype=np.int64), np.random.RandomState(0))
-    m.weights['Wy'].set_value(np.zeros((n, 3), dtype='float32'))
-    m.weights['By'].set_value(np.asarray(item_scores, dtype='float32')[:, None])
+    m.itemidmap_ = pd.Series(np.arange(n, dtype=np.int32), index=np.arange(n), name='ItemIdx')
+    m.n_items_, m.item_support_ = n, np.ones(n, dtype=np.int64)
+    m.weights_, _ = _training.initial_state(_params.checked(m.get_params()), m.item_support_, np.random.RandomState(0))
+    m.weights_['Wy'].set_value(np.zeros((n, 3), dtype='float32'))
+    m.weights_['By'].set_value(np.asarray(item_scores, dtype='float32')[:, None])
     return m
 
 
@@ -151,7 +155,7 @@ def test_same_seed_same_losses_other_seed_differs():
 
 def test_initial_weights_follow_the_original_draw_order():
     m = GRU4Rec(layers=[4], embedding=3, backend='python')
-    m._setup(np.ones(10, dtype=np.int64), np.random.RandomState(42))
+    w = _graph.init_weights(_params.checked(m.get_params()), 10, np.random.RandomState(42))
     rng = np.random.RandomState(42)
     def block(r, c):
         s = np.sqrt(6.0 / (r + c))
@@ -161,13 +165,11 @@ def test_initial_weights_follow_the_original_draw_order():
     Wh = block(4, 4)
     Wrz = np.hstack([block(4, 4) for _ in range(2)])
     Wy = block(10, 4)
-    w = m.get_weights()
     for name, expected in (('E', E), ('Wx0', Wx), ('Wh0', Wh), ('Wrz0', Wrz), ('Wy', Wy)):
         np.testing.assert_array_equal(w[name], expected)
     assert not w['Bh0'].any() and not w['By'].any()
     normal = GRU4Rec(layers=[50], sigma=0.3, init_as_normal=True, backend='python')
-    normal._setup(np.ones(2000, dtype=np.int64), np.random.RandomState(1))
-    wy = normal.get_weights()['Wy']
+    wy = _graph.init_weights(_params.checked(normal.get_params()), 2000, np.random.RandomState(1))['Wy']
     assert abs(wy.std() - 0.3) < 0.01 and abs(wy.mean()) < 0.01 and np.abs(wy).max() > 0.9   # N(0, sigma), unbounded
 
 
@@ -181,7 +183,8 @@ def test_save_load_same_metrics_and_predictions(tmp_path, suffix, capsys):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]     # no temp file left behind
     loaded = GRU4Rec.loadmodel(path)
     assert ('pickles from untrusted sources can run code' in capsys.readouterr().out) == (suffix == '.pickle')
-    assert loaded.get_params() == m.get_params()
+    checked = lambda model: _params.checked(model.get_params()).as_dict()   # noqa: E731  (defaults are tuples)
+    assert checked(loaded) == checked(m)
     assert list(loaded.itemidmap.index) == list(m.itemidmap.index)
     assert evaluation.evaluate_gpu(loaded, test, cut_off=[1, 5, 10]) == before
     for k, v in m.get_weights().items():
@@ -308,14 +311,14 @@ def test_numba_backend_matches_reference_backend():
 
 
 def test_memory_estimate_and_refusal(monkeypatch):
-    import gru4rec as module
+    import _devices
     m = GRU4Rec(layers=[100], n_sample=2048, momentum=0.5, adapt='adagrad', backend='python')
     parts = m.memory_estimate(2_000_000, sample_store=10_000_000)
     assert not hasattr(m, 'n_items')                           # estimating changes nothing
     item_weights = 4 * 2_000_000 * (300 + 100 + 1)                # one-hot Wx0, Wy, By
     assert parts == {'item weights': item_weights, 'optimiser state': 2 * item_weights,
                      'sample store': 4 * 2048 * (10_000_000 // 2048)}
-    monkeypatch.setattr(module, 'available_memory', lambda accelerator=False, device=None: 10 * 2 ** 20)   # pretend 10 MiB are free
+    monkeypatch.setattr(_devices, 'available_memory', lambda accelerator=False, device=None: 10 * 2 ** 20)   # pretend 10 MiB are free
     data = generated_sessions()
     with pytest.raises(GRU4RecError, match=r'needs about .* GiB .*sample store .* lower the sample store size'):
         GRU4Rec(**TINY).fit(data)                              # the 10M-id store alone is ~40 MB
@@ -326,7 +329,7 @@ def test_available_memory_asks_the_selected_gpu(monkeypatch):
     """On the JAX backend the memory check reads the statistics of the GPU the model will use (cuda:1 here),
     and host RAM when JAX does not run on a GPU."""
     import types
-    import custom_opt
+    import _devices
     import gru4rec as module
     pytest.importorskip('jax')
     asked = []
@@ -334,10 +337,10 @@ def test_available_memory_asks_the_selected_gpu(monkeypatch):
     def fake_device(name):
         asked.append(name)
         return types.SimpleNamespace(platform='gpu', memory_stats=lambda: {'bytes_limit': 5000, 'bytes_in_use': 1200})
-    monkeypatch.setattr(custom_opt, 'jax_device', fake_device)
+    monkeypatch.setattr(_devices, 'jax_device', fake_device)
     assert module.available_memory(True, 'cuda:1') == 3800 and asked == ['cuda:1']
     host = module.available_memory(False)
-    monkeypatch.setattr(custom_opt, 'jax_device', lambda name: types.SimpleNamespace(platform='cpu'))
+    monkeypatch.setattr(_devices, 'jax_device', lambda name: types.SimpleNamespace(platform='cpu'))
     assert abs(module.available_memory(True, 'cpu') - host) < 2 ** 30     # host RAM, not a GPU's
 
 
@@ -487,4 +490,4 @@ def test_original_rng_runs_are_reproducible_resumable_and_cpu_store_only(tmp_pat
     with pytest.raises(GRU4RecError, match="rng='original' needs store_type='cpu'"):
         GRU4Rec(**params).fit(data, store_type='gpu')
     with pytest.raises(GRU4RecError, match='Invalid value for parameter rng'):
-        GRU4Rec(rng='theano')
+        GRU4Rec(**{**params, 'rng': 'theano'}).fit(data)

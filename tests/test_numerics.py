@@ -9,6 +9,8 @@ import pytensor.tensor as pt
 import pytest
 
 import np_reference as ref
+import _params
+import _training
 from gru4rec import GRU4Rec, loss_sum, parse_activation
 
 LOSSES = ['cross-entropy', 'xe_logit', 'bpr', 'bpr-max', 'top1', 'top1-max']
@@ -53,12 +55,19 @@ def tiny_model(mode='onehot', layers=(4,), **kw):
     params.update(kw)
     m = GRU4Rec(layers=list(layers), embedding=3 if mode == 'separate' else 0,
                 constrained_embedding=mode == 'shared', **params)
-    m._setup(np.arange(1, N_ITEMS + 1) * 3, np.random.RandomState(0))
+    m.item_support_ = np.arange(1, N_ITEMS + 1) * 3
+    m.weights_, _ = _training.initial_state(_params.checked(m.get_params()), m.item_support_, np.random.RandomState(0))
     rng = np.random.RandomState(1)   # non-zero biases so that their gradients are exercised
-    for k, v in m.weights.items():
+    for k, v in m.weights_.items():
         if k.startswith('Bh') or k == 'By':
             v.set_value((rng.randn(*v.get_value().shape) * 0.1).astype('float32'))
     return m
+
+
+def compile_step(m):
+    """The model's per-step training function (f, _training.StepGraph) on its weights, host negatives."""
+    p = _params.checked(m.get_params())
+    return _training.compile_per_step(p, m.weights_, _training.logq_vectors(p, m.item_support_), m.compile_mode)
 
 
 def cfg_of(m, mode):
@@ -88,19 +97,19 @@ def reference_step(m, mode, opt, H, noise):
     cfg = cfg_of(m, mode)
     p = ref.gather(opt.w, mode, X, Y)
     H64 = [h.astype(np.float64) for h in H]
-    cost, new_H, _ = ref.step_forward(p, cfg, X, Y, H64, m.item_support, noise)
-    grads = ref.numeric_grads(p, cfg, X, Y, H64, m.item_support, noise)
+    cost, new_H, _ = ref.step_forward(p, cfg, X, Y, H64, m.item_support_, noise)
+    grads = ref.numeric_grads(p, cfg, X, Y, H64, m.item_support_, noise)
     opt.step({k: g for k, g in grads.items() if k not in ('in', 'out', 'by')}, sparse_grads(mode, grads))
     return cost, [h * (1 - R)[:, None] for h in new_H]
 
 
 def check_steps(m, mode, n_steps=1, rtol=2e-4, atol=2e-6):
-    fn, noise_inputs = m._compile_train()
+    fn, step = compile_step(m)
     opt = ref.Optimiser(m.get_weights(), cfg_of(m, mode))
     H = states(m)
     rng = np.random.RandomState(5)
     for _ in range(n_steps):
-        noise = [rng.rand(len(X), w).astype("float32") for w in noise_inputs.widths]
+        noise = [rng.rand(len(X), w).astype("float32") for w in step.noise.widths]
         cost, *H_new = fn(X, Y, R, *noise, *H)
         exp_cost, exp_H = reference_step(m, mode, opt, H, noise)
         np.testing.assert_allclose(cost, exp_cost, rtol=rtol, atol=atol)
@@ -147,7 +156,7 @@ def test_dropout_masks_from_noise_inputs(mode):
     """Dropout on the embedding (not in one-hot mode) and on every layer's output, which is also the carried
     state; the masks come from the noise inputs, and the gradient flows through the kept units only."""
     m = tiny_model(mode, layers=(3, 4), dropout_p_embed=0.3, dropout_p_hidden=0.25, adapt='sgd', learning_rate=0.5)
-    assert m._compile_train()[1].widths == ([3] if mode == 'separate' else [4] if mode == 'shared' else []) + [3, 4]
+    assert compile_step(m)[1].noise.widths == ([3] if mode == 'separate' else [4] if mode == 'shared' else []) + [3, 4]
     check_steps(m, mode)
 
 

@@ -19,6 +19,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+import cli  # noqa: E402
 import run  # noqa: E402
 
 FILES = ('diginetica_train_full.tsv.gz', 'diginetica_test.tsv.gz')
@@ -67,16 +68,16 @@ def main(argv=None):
     for path in (train, test):
         if not os.path.isfile(path):
             p.error(f'{path} not found: DATA_DIR must hold {" and ".join(FILES)}')
-    params = run.load_parameter_file(args.params)
+    params = cli.load_parameter_file(args.params)
     if args.extra:
-        params.update(run.parse_parameter_string(args.extra))
+        params.update(cli.parse_parameter_string(args.extra))
     param_string = ','.join(f'{k}={"/".join(map(str, v)) if isinstance(v, (list, tuple)) else v}'
                             for k, v in params.items())
     with tempfile.TemporaryDirectory() as tmp:
         out = args.metrics_out or os.path.join(tmp, 'metrics.json')
-        cli = [train, '-t', test, '-ps', param_string, '-m', *map(str, CUT_OFFS), '--seed', str(args.seed),
-               '--metrics_out', out] + (['--backend', args.backend] if args.backend else [])
-        code = run.main(cli)
+        argv = [train, '-t', test, '-ps', param_string, '-m', *map(str, CUT_OFFS), '--seed', str(args.seed),
+                '--metrics_out', out] + (['--backend', args.backend] if args.backend else [])
+        code = run.main(argv)
         if code:
             return code
         with open(out) as f:

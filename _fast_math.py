@@ -1,0 +1,218 @@
+"""float32 math that the Numba backend can vectorise: Exp32 and Sigmoid32 (scalar Ops) and RowMax, each with
+its numpy reference beside its Numba kernel.
+
+A profile of the Numba training step (XE + logQ, 2080 scores per row) showed the score-matrix element-wise
+work costing as much as the three GEMMs: Numba calls libm's scalar expf per element (~2.4 ns; no SVML in
+today's llvmlite), and PyTensor's generated max-reduction keeps one dependent compare per element.
+custom_opt swaps these in on the Numba backend only (JAX/XLA has its own).
+"""
+import functools
+
+import numpy as np
+import pytensor.scalar as ps
+import pytensor.tensor as pt
+from pytensor.graph.basic import Apply
+from pytensor.graph.op import Op
+from pytensor.graph.utils import MethodNotDefined
+from pytensor.scalar.math import Sigmoid
+
+if __package__:
+    from . import _ops_support
+else:
+    import _ops_support
+
+FLOAT = _ops_support.FLOAT
+__all__ = ['exp32', 'sigmoid32', 'Exp32', 'Sigmoid32', 'exp_f32', 'sigmoid_f32', 'RowMax']
+
+_F = np.float32
+_EXP_HI, _EXP_LO = _F(88.72283), _F(-87.33654)     # exp overflows above / is below float32's normals
+_LOG2E, _LN2_HI, _LN2_LO = _F(1.44269504), _F(0.693359375), _F(-2.12194440e-4)   # ln 2 = HI + LO
+_EXP_BIG = _F(88.0)     # above: 2**n itself would overflow, so scale by 2**(n-1) * 2
+_EXP_FLOOR = _F(-87.4)  # inputs are clamped here before the reduction (keeps 2**n a normal number)
+# minimax polynomial for (exp(r) - 1 - r) / r**2 on |r| <= ln(2)/2 (the coefficients of Cephes' expf)
+_EXP_POLY = tuple(_F(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                                  1.6666665459e-1, 5.0000001201e-1))
+
+
+def exp32(x):
+    """exp of float32 values by the algorithm of the Numba kernel, with numpy (its reference): Cody-Waite
+    reduction x = n ln2 + r, a degree-7 polynomial, the result scaled by 2**n through the exponent bits.
+    Within 1.5 ulp of the exact value over float32's normal range; 0 below it (libm returns subnormals down
+    to exp(-103.9)), inf above 88.72283, NaN for NaN."""
+    x = np.asarray(x, dtype=_F)
+    with np.errstate(all='ignore'):
+        big = x > _EXP_BIG
+        xc = np.where(x < _EXP_FLOOR, _EXP_FLOOR, x)
+        n = np.floor(np.where(xc == xc, xc, _F(0)) * _LOG2E + _F(0.5))
+        r = xc - n * _LN2_HI - n * _LN2_LO
+        p = _EXP_POLY[0]
+        for c in _EXP_POLY[1:]:
+            p = p * r + c
+        y = p * (r * r) + r + _F(1)
+        scale = ((n.astype(np.int32) - big + np.int32(127)) << np.int32(23)).astype(np.int32).view(_F)
+        y = np.where(big, y * scale * _F(2), y * scale)
+        y = np.where(x < _EXP_LO, _F(0), np.where(x > _EXP_HI, _F(np.inf), y))
+        return np.where(x != x, x, y).astype(_F)
+
+
+def sigmoid32(x):
+    """1 / (1 + exp32(-x)), the sigmoid formula of PyTensor's own Numba implementation."""
+    with np.errstate(over='ignore'):
+        return (_F(1) / (_F(1) + exp32(-np.asarray(x, dtype=_F)))).astype(_F)
+
+
+@functools.cache
+def _numba_exp32_inline():
+    """exp32 as a scalar Numba function, inlined into its callers' Numba IR (sigmoid32 calls it; an LLVM-level
+    call per element would not vectorise). Callers must be fastmath=False like the scalar functions below:
+    reassociation would undo the two-part ln 2 of the reduction, and no-NaN flags the NaN tests."""
+    import numba
+    c0, c1, c2, c3, c4, c5 = _EXP_POLY
+    f0, f1, f2, inf = _F(0), _F(1), _F(2), _F(np.inf)
+
+    @numba.njit(inline='always', fastmath=False)
+    def exp32_inline(x):
+        big = x > _EXP_BIG
+        xc = _EXP_FLOOR if x < _EXP_FLOOR else x
+        n = np.floor((xc if xc == xc else f0) * _LOG2E + _F(0.5))
+        r = xc - n * _LN2_HI - n * _LN2_LO
+        p = ((((c0 * r + c1) * r + c2) * r + c3) * r + c4) * r + c5
+        y = p * (r * r) + r + f1
+        m = np.int32(n) - (np.int32(1) if big else np.int32(0))
+        y = y * np.int32((m + np.int32(127)) << np.int32(23)).view(np.float32)
+        y = y * f2 if big else y
+        y = f0 if x < _EXP_LO else y
+        y = inf if x > _EXP_HI else y
+        return x if x != x else y
+    return exp32_inline
+
+
+@functools.cache
+def _numba_exp32():
+    """The scalar function of Exp32 (PyTensor's fused loops call it and LLVM vectorises them; its own
+    fastmath=False flags stay with its instructions when LLVM inlines it)."""
+    import numba
+    exp32_inline = _numba_exp32_inline()
+
+    @numba.njit(nogil=True, fastmath=False)
+    def exp32_scalar(x):
+        return exp32_inline(x)
+    return exp32_scalar
+
+
+@functools.cache
+def _numba_sigmoid32():
+    import numba
+    exp32_inline = _numba_exp32_inline()
+
+    @numba.njit(nogil=True, fastmath=False, error_model='numpy')   # (no per-element zero check)
+    def sigmoid32_scalar(x):
+        return _F(1) / (_F(1) + exp32_inline(-x))
+    return sigmoid32_scalar
+
+
+class Exp32(ps.Exp):
+    """Scalar exp of float32 by exp32 (Numba: _numba_exp32). Same gradient as exp; put in place of float32
+    exp by custom_opt on the Numba backend."""
+    nfunc_spec = None
+
+    def impl(self, x):
+        return exp32(x)
+
+    def c_code(self, *args, **kwargs):
+        raise MethodNotDefined('Exp32 has no C implementation')
+
+
+class Sigmoid32(Sigmoid):
+    """Scalar sigmoid of float32 by sigmoid32 (Numba: _numba_sigmoid32)."""
+    nfunc_spec = None
+
+    def impl(self, x):
+        return sigmoid32(x)
+
+    def c_code(self, *args, **kwargs):
+        raise MethodNotDefined('Sigmoid32 has no C implementation')
+
+
+exp_f32 = Exp32(ps.upgrade_to_float, name='exp32')
+sigmoid_f32 = Sigmoid32(ps.upgrade_to_float, name='sigmoid32')
+
+
+class RowMax(Op):
+    """Max over the last axis of a float32 matrix (PyTensor's Max(axis=1)); a row with a NaN gives NaN, an
+    empty row an error, as numpy. The Numba kernel keeps eight independent running maxima (one dependent
+    compare per element is latency-bound)."""
+    __props__ = ()
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        if x.ndim != 2 or x.dtype != FLOAT:
+            raise TypeError('RowMax takes a float32 matrix')
+        return Apply(self, [x], [pt.tensor(dtype=FLOAT, shape=(x.type.shape[0],))])
+
+    def infer_shape(self, node, shapes):
+        return [(shapes[0][0],)]
+
+    def perform(self, node, inputs, outputs):
+        outputs[0][0] = np.max(inputs[0], axis=1)
+
+    def pullback(self, inputs, outputs, output_grads):
+        from pytensor.tensor.math import Max
+        return Max(axis=(1,)).pullback(inputs, outputs, output_grads)
+
+
+@functools.cache
+def _numba_row_max_kernel():
+    import numba
+    ninf = _F(-np.inf)
+
+    @numba.njit(inline='always')
+    def mx(a, v):   # NaN compares false: it never wins here (looked for separately below)
+        return v if v > a else a
+
+    @numba.njit(nogil=True, fastmath=False)
+    def row_max(x):
+        rows, n = x.shape
+        if n == 0 and rows > 0:
+            raise ValueError('zero-size array to reduction operation maximum which has no identity')
+        out = np.empty(rows, dtype=np.float32)
+        for i in range(rows):
+            row = x[i]
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = ninf
+            j = 0
+            while j + 8 <= n:   # eight independent running maxima
+                a0, a1, a2, a3 = mx(a0, row[j]), mx(a1, row[j + 1]), mx(a2, row[j + 2]), mx(a3, row[j + 3])
+                a4, a5, a6, a7 = mx(a4, row[j + 4]), mx(a5, row[j + 5]), mx(a6, row[j + 6]), mx(a7, row[j + 7])
+                j += 8
+            m = mx(mx(mx(a0, a1), mx(a2, a3)), mx(mx(a4, a5), mx(a6, a7)))
+            for k in range(j, n):
+                m = mx(m, row[k])
+            nan = False
+            for k in range(n):   # an integer OR over the row: vectorised
+                nan |= row[k] != row[k]
+            out[i] = np.float32(np.nan) if nan else m
+        return out
+    return row_max
+
+
+def _numba_funcify_row_max(op, node=None, **kwargs):
+    return _numba_row_max_kernel(), _ops_support.source_salt(__name__)
+
+
+def _numba_funcify_scalar(kernel):
+    def funcify(op, node=None, **kwargs):   # the cache key names the Op: PyTensor caches compiled code by key
+        return kernel(), f'{type(op).__name__}:{_ops_support.source_salt(__name__)}'
+    return funcify
+
+
+def _register_scalars():
+    try:
+        from pytensor.link.numba.dispatch.scalar import register_scalar_funcify
+    except ImportError:
+        return
+    register_scalar_funcify(Exp32)(_numba_funcify_scalar(_numba_exp32))
+    register_scalar_funcify(Sigmoid32)(_numba_funcify_scalar(_numba_sigmoid32))
+
+
+_register_scalars()
+_ops_support.register_numba(RowMax, _numba_funcify_row_max)
