@@ -312,9 +312,16 @@ def load_test_files(paths, keys, known_items):
 
 # --- main -------------------------------------------------------------------------------------------
 
+SUBCOMMANDS = {'recommend': 'recommend_cli', 'serve': 'serve'}   # first word -> module with main(argv)
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:   # `gru4rec recommend ...`, `gru4rec serve ...` (issue 20)
+        module = importlib.import_module(('.' if __package__ else '') + SUBCOMMANDS[argv[0]], __package__ or None)
+        return module.main(argv[1:])
     try:
-        return _main(sys.argv[1:] if argv is None else argv)
+        return _main(argv)
     except InputError as e:
         return _error(str(e))
     except KeyboardInterrupt:
