@@ -478,7 +478,7 @@ class LiveSessions:
 
     def _round(self, js, reqs, rows, cands, results):
         ad, now = self.adapter, self.clock()
-        step_j, step_x, step_H, after = [], [], [], []
+        step_j, step_x, step_H, after, sess_of = [], [], [], [], {}
         for j in js:
             key, item = reqs[j][0], reqs[j][1]
             sess = self._sessions.get(key)
@@ -490,6 +490,7 @@ class LiveSessions:
             sess.touched = now
             res = Recommendations(session=key, new_session=new)
             results[j] = res
+            sess_of[j] = sess
             if rows[j] >= 0:
                 step_j.append(j)
                 step_x.append(rows[j])
@@ -505,10 +506,13 @@ class LiveSessions:
                 # an unknown first click creates no session
             if new and rows[j] >= 0:
                 self._insert(key, sess)
-        if not step_j:
-            for j in js:
-                results[j].clicks = 0 if reqs[j][0] not in self._sessions else self._sessions[reqs[j][0]].clicks
-            return
+        if step_j:
+            self._step_and_rank(step_j, step_x, step_H, after, reqs, cands, results)
+        for j in js:   # (from the session object: a small store may already have evicted it again)
+            results[j].clicks = sess_of[j].clicks
+
+    def _step_and_rank(self, step_j, step_x, step_H, after, reqs, cands, results):
+        ad = self.adapter
         H = [np.concatenate([h[i] for h in step_H]) for i in range(len(ad.layers))]
         scores, new_H = ad.step(np.asarray(step_x, np.int64), H)
         self.steps += 1
@@ -538,9 +542,6 @@ class LiveSessions:
                 res = results[step_j[n]]
                 res.items = ad.item_id(items[r, :counts[r]])
                 res.scores = top[r, :counts[r]].astype(float).tolist()
-        for j in js:
-            sess = self._sessions.get(reqs[j][0])
-            results[j].clicks = sess.clicks if sess is not None else 0
 
     def _insert(self, key, sess):
         while len(self._sessions) >= self.capacity:
