@@ -45,7 +45,7 @@ try:  # package import (installed) or top-level import (checkout)
 except ImportError:
     from gru4rec import GRU4RecError
 
-__all__ = ['ModelAdapter', 'Recommendations', 'recommend', 'recommend_batch', 'LiveSessions', 'GRU4RecError']
+__all__ = ['ModelAdapter', 'Recommendations', 'top_k', 'recommend', 'recommend_batch', 'LiveSessions', 'GRU4RecError']
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +101,15 @@ class ModelAdapter:
     def step(self, idx, H):
         """One GRU step for M rows: idx (M item rows), H (list of M x L_i float32). Returns (scores M x
         n_items as numpy float32, list of new M x L_i states as numpy)."""
-        fn = self._step_fn()
+        scores, *new_H = self._run(self._step_fn(), idx, H)
+        return scores, new_H
+
+    def advance(self, idx, H):
+        """The new states only (the same step graph with its scores pruned: no item-matrix product), for
+        clicks whose recommendations nobody asks for (recommend_batch's earlier clicks)."""
+        return self._run(self._step_fn(with_scores=False), idx, H)
+
+    def _run(self, fn, idx, H):
         m = len(idx)
         x = np.ascontiguousarray(idx, dtype=np.int32)
         H = [np.ascontiguousarray(h, dtype=np.float32) for h in H]
@@ -110,10 +118,9 @@ class ModelAdapter:
             if width != m:
                 x = np.concatenate([x, np.zeros(width - m, np.int32)])
                 H = [np.concatenate([h, np.zeros((width - m, h.shape[1]), np.float32)]) for h in H]
-        scores, *new_H = fn(x, *H)
-        return np.asarray(scores)[:m], [np.array(h)[:m] for h in new_H]
+        return [np.array(h)[:m] for h in fn(x, *H)]
 
-    def _step_fn(self):
+    def _step_fn(self, with_scores=True):
         model = self.model
 
         def build():
@@ -122,10 +129,10 @@ class ModelAdapter:
             X = pt.ivector('X')
             H = [pt.fmatrix(f'H{i}') for i in range(len(self.layers))]
             scores, new_H = model._predict_scores_graph(X, H)
-            fn = pytensor.function([X] + H, [scores] + new_H, mode=model._mode())
+            fn = pytensor.function([X] + H, ([scores] if with_scores else []) + new_H, mode=model._mode())
             fn.trust_input = True
             return fn
-        return model._compiled(('recommend_step',), build)
+        return model._compiled(('recommend_step', with_scores), build)
 
     def metadata(self):
         p = self.model.get_params()
@@ -184,8 +191,8 @@ def _candidate_rows(ad, candidates):
     return rows
 
 
-def _top_k(scores, k, cand=None, excluded_rows=None, excluded_items=None):
-    """Top-k columns of each row of `scores` (M x n_items): (item rows M x k', scores M x k', counts M) with
+def top_k(scores, k, cand=None, excluded_rows=None, excluded_items=None):
+    """Exact top-k columns of each row of `scores` (M x n_items), ordered by score (desc), ties by item row: (item rows M x k', scores M x k', counts M) with
     k' <= k; entries past a row's count are padding. cand: allowed item rows (None: all); excluded_rows/
     excluded_items: flat (row, item) pairs that are not allowed."""
     m = scores.shape[0]
@@ -203,17 +210,44 @@ def _top_k(scores, k, cand=None, excluded_rows=None, excluded_items=None):
             s[excluded_rows, excluded_items] = -np.inf
     n = s.shape[1]
     kk = min(k, n)
-    if kk < n:
-        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+    if m and n >= 8 * kk * 16 and kk <= 256:
+        part, top = _top_k_by_blocks(s, kk)
     else:
-        part = np.broadcast_to(np.arange(n), (m, n)).copy()
-    top = np.take_along_axis(s, part, axis=1)
-    order = np.lexsort((part, -top), axis=1)   # by score (desc), ties by item row
-    part = np.take_along_axis(part, order, axis=1)
-    top = np.take_along_axis(top, order, axis=1)
+        if kk < n:
+            part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+        else:
+            part = np.broadcast_to(np.arange(n), (m, n)).copy()
+        top = np.take_along_axis(s, part, axis=1)
+        order = np.lexsort((part, -top), axis=1)   # by score (desc), ties by item row
+        part = np.take_along_axis(part, order, axis=1)
+        top = np.take_along_axis(top, order, axis=1)
     counts = (top > -np.inf).sum(axis=1)   # excluded items (-inf) sort last and are cut
     items = part if cand is None else cand[part]
     return items, top, counts
+
+
+def _top_k_by_blocks(s, k):
+    """Exact top-k of each row of a wide matrix, faster than argpartition over whole rows: the k-th largest of
+    the rows' block maxima is a lower bound of the k-th largest entry (the top k block maxima are k entries), so
+    only the few entries at or above it are sorted. Same result as a full sort by (score desc, column)."""
+    m, n = s.shape
+    n_blocks = min(n, max(8 * k, 256))
+    bounds = np.arange(0, n, -(-n // n_blocks))
+    block_max = np.maximum.reduceat(s, bounds, axis=1)
+    nb = block_max.shape[1]
+    thr = np.partition(block_max, nb - k, axis=1)[:, nb - k]
+    r, c = np.nonzero(s >= thr[:, None])
+    vals = s[r, c]
+    order = np.lexsort((c, -vals, r))
+    r, c, vals = r[order], c[order], vals[order]
+    first = np.searchsorted(r, np.arange(m))
+    rank = np.arange(len(r)) - first[r]
+    keep = rank < k
+    part = np.zeros((m, k), dtype=np.int64)
+    top = np.full((m, k), -np.inf, dtype=s.dtype)
+    part[r[keep], rank[keep]] = c[keep]
+    top[r[keep], rank[keep]] = vals[keep]
+    return part, top
 
 
 @dataclass
@@ -331,8 +365,15 @@ def recommend_batch(model, events, k=20, exclude_seen=False, candidates=None, ev
         for t in range(int(lens[0])):
             n_act = int(np.searchsorted(-lens, -t, side='left'))   # sessions with lens > t (a prefix)
             H = [h[:n_act] for h in H]
-            scores, H = ad.step(rows[start[:n_act] + t], H)
+            x = rows[start[:n_act] + t]
             emit = np.arange(n_act) if every_event else np.flatnonzero(lens[:n_act] == t + 1)
+            if len(emit) == n_act:
+                scores, H = ad.step(x, H)
+            else:   # states for all, scores (the costly part) only for the sessions that end here
+                H_before = H
+                H = ad.advance(x, H) if n_act > len(emit) else H
+                if len(emit):
+                    scores, _ = ad.step(x[emit], [h[emit] for h in H_before])
             if bar is not None:
                 bar.update(n_act)
             if len(emit) == 0:
@@ -341,7 +382,7 @@ def recommend_batch(model, events, k=20, exclude_seen=False, candidates=None, ev
             if exclude_seen:   # the session's known clicks up to this one
                 exr = np.repeat(np.arange(len(emit)), t + 1)
                 exi = rows[np.repeat(start[emit], t + 1) + np.tile(np.arange(t + 1), len(emit))]
-            top_items, top_scores, counts = _top_k(scores[emit], k, cand, exr, exi)
+            top_items, top_scores, counts = top_k(scores, k, cand, exr, exi)
             out_sess.append(block[emit])
             out_pos.append(pos[start[emit] + t])
             out_items.append(top_items)
@@ -537,7 +578,7 @@ class LiveSessions:
                 seen = [after[n][1].seen for n in ns]
                 exr = np.repeat(np.arange(len(ns)), [len(s) for s in seen])
                 exi = np.asarray([i for s in seen for i in s], dtype=np.int64)
-            items, top, counts = _top_k(scores[ns], k, cand, exr, exi)
+            items, top, counts = top_k(scores[ns], k, cand, exr, exi)
             for r, n in enumerate(ns):
                 res = results[step_j[n]]
                 res.items = ad.item_id(items[r, :counts[r]])

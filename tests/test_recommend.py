@@ -187,3 +187,27 @@ def test_bad_arguments(model):
     with pytest.raises(GRU4RecError, match='not trained'):
         recommend(GRU4Rec(backend='python'), ['i1'])
     assert recommend(model, 'i1', k=2).clicks == 1     # one ID is one click
+
+
+@pytest.mark.parametrize('k', [1, 20, 100])
+def test_top_k_of_wide_rows_is_the_full_sort(k):
+    """The block-maximum shortcut for wide rows gives exactly a full sort by (score desc, item), with ties,
+    excluded items (-inf) and candidate subsets."""
+    from recommend import top_k
+    rng = np.random.default_rng(k)
+    s = rng.standard_normal((7, 43000)).astype(np.float32)
+    s[1] = np.round(s[1], 1)                       # many ties
+    s[2, :42990] = -np.inf                         # only 10 allowed items
+    ex_r = np.repeat(np.arange(7), 50)
+    ex_i = rng.integers(43000, size=350)
+    for cand in (None, np.sort(rng.choice(43000, 30000, replace=False))):
+        items, top, counts = top_k(s.copy(), k, cand, ex_r, ex_i)
+        for r in range(7):
+            cols = np.arange(43000) if cand is None else cand
+            v = s[r, cols].copy()
+            v[np.isin(cols, ex_i[ex_r == r])] = -np.inf
+            order = np.lexsort((cols, -v))
+            order = order[np.isfinite(v[order])][:k]
+            assert counts[r] == len(order)
+            assert items[r, :counts[r]].tolist() == cols[order].tolist()
+            assert top[r, :counts[r]].tolist() == v[order].tolist()
