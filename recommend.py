@@ -73,21 +73,28 @@ class ModelAdapter:
         self.backend = model._backend()
         kind = self.item_ids.dtype.kind
         self._numeric_ids = kind in 'iuf'
+        self._lookup = None   # item ID -> row, built at the first small lookup
         self._pad = self.backend == 'jax'   # static shapes: pad M to a power of two (few recompiles)
 
     # -- items ----------------------------------------------------------------------------------
     def index_of(self, ids):
         """Row of each item ID, -1 for unknown IDs. IDs are matched as the model stores them; a JSON string
         "123" also matches a numeric ID 123 and a number matches its string form (e.g. from a CSV)."""
-        ids = list(ids) if not isinstance(ids, (np.ndarray, pd.Index, pd.Series, list)) else ids
-        values = np.asarray(ids, dtype=object) if len(ids) else np.zeros(0, dtype=object)
-        idx = np.asarray(self.item_ids.get_indexer(values), dtype=np.int64) if len(values) else np.zeros(0, np.int64)
-        miss = np.flatnonzero(idx < 0)
-        for i in miss:   # the other spelling of the same ID (few; unknown IDs are rare)
+        values = ids.tolist() if isinstance(ids, (np.ndarray, pd.Index, pd.Series)) else list(ids)
+        if len(values) <= 256:    # a few IDs (a click, a request): a dict lookup, no array conversions
+            if self._lookup is None:
+                self._lookup = {v: i for i, v in enumerate(self.item_ids.tolist())}
+            lk = self._lookup
+            idx = np.fromiter((lk.get(v, -1) if _hashable(v) else -1 for v in values), dtype=np.int64, count=len(values))
+        else:
+            arr = np.asarray(values)
+            if arr.ndim != 1:
+                arr = np.asarray(values + [None], dtype=object)[:-1]
+            idx = np.asarray(self.item_ids.get_indexer(pd.Index(arr)), dtype=np.int64)
+        for i in np.flatnonzero(idx < 0):   # the other spelling of the same ID (few; unknown IDs are rare)
             alt = _other_spelling(values[i], self._numeric_ids)
             if alt is not None:
-                j = self.item_ids.get_indexer([alt])[0]
-                idx[i] = j
+                idx[i] = self.item_ids.get_indexer([alt])[0]
         return idx
 
     def item_id(self, rows):
@@ -140,6 +147,14 @@ class ModelAdapter:
                 'embedding': p['embedding'], 'constrained_embedding': p['constrained_embedding'],
                 'backend': self.backend, 'item_id_type': 'number' if self._numeric_ids else 'string',
                 'keys': {'session': p['session_key'], 'item': p['item_key'], 'time': p['time_key']}}
+
+
+def _hashable(v):
+    try:
+        hash(v)
+        return True
+    except TypeError:
+        return False
 
 
 def _other_spelling(value, numeric):
