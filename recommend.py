@@ -125,7 +125,9 @@ class ModelAdapter:
             if width != m:
                 x = np.concatenate([x, np.zeros(width - m, np.int32)])
                 H = [np.concatenate([h, np.zeros((width - m, h.shape[1]), np.float32)]) for h in H]
-        return [np.array(h)[:m] for h in fn(x, *H)]
+        out = fn(x, *H)
+        # the scores are read before the next call; the (small) states are copied, as sessions keep them
+        return [np.asarray(o)[:m] if i == 0 and len(out) > len(H) else np.array(o)[:m] for i, o in enumerate(out)]
 
     def _step_fn(self, with_scores=True):
         model = self.model

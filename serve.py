@@ -223,7 +223,7 @@ def create_app(model, settings=None):
                                            'exclude_seen': body.exclude_seen, 'candidates': body.candidates})
         except asyncio.QueueFull:
             raise HTTPException(503, 'Too many clicks waiting; retry later') from None
-        return (await fut).to_dict()
+        return JSONResponse((await fut).to_dict())   # a Response: FastAPI skips re-validating the output
 
     @app.delete('/sessions/{session}', summary='End a session (forget its state)')
     async def end(session: str = Path(min_length=1, max_length=s.max_session_id)):
@@ -238,7 +238,7 @@ def create_app(model, settings=None):
         res = await asyncio.get_running_loop().run_in_executor(
             executor, lambda: rec.recommend(model, body.items, k=body.k, exclude_seen=body.exclude_seen,
                                             candidates=body.candidates))
-        return res.to_dict()
+        return JSONResponse(res.to_dict())
 
     @app.get('/health', summary='Liveness')
     async def health():

@@ -211,3 +211,24 @@ def test_top_k_of_wide_rows_is_the_full_sort(k):
             assert counts[r] == len(order)
             assert items[r, :counts[r]].tolist() == cols[order].tolist()
             assert top[r, :counts[r]].tolist() == v[order].tolist()
+
+
+@pytest.mark.slow
+def test_numba_backend_live_batch_and_evaluation_agree(test_data):
+    """The same checks on the real CPU backend (Numba): ranks give evaluate_gpu's metrics; live == batch."""
+    m = GRU4Rec(layers=[8], n_epochs=1, batch_size=8, n_sample=16, loss='bpr-max', final_act='elu-1', backend='numba')
+    m.fit(sessions(120, 40, 0))
+    cut_offs = [1, 5, 20]
+    recall, mrr = evaluation.evaluate_gpu(m, test_data, cut_off=cut_offs, batch_size=7)
+    r2, m2 = metrics_from_rankings(m, test_data, cut_offs)
+    np.testing.assert_allclose(r2, recall, atol=1e-12)
+    np.testing.assert_allclose(m2, mrr, atol=1e-12)
+    batch = recommend_batch(m, test_data, k=5, every_event=True)
+    live = LiveSessions(m)
+    data = test_data.sort_values(['SessionId', 'Time', 'ItemId'], kind='stable')
+    for s, g in data.groupby('SessionId'):
+        for p, it in enumerate(g.ItemId, 1):
+            res = live.click(s, it, k=5)
+            rows = batch[(batch.session == s) & (batch.position == p)]
+            if len(rows):
+                assert_same_topk(res.items, res.scores, list(rows.item), list(rows.score))
