@@ -232,3 +232,22 @@ def test_numba_backend_live_batch_and_evaluation_agree(test_data):
             rows = batch[(batch.session == s) & (batch.position == p)]
             if len(rows):
                 assert_same_topk(res.items, res.scores, list(rows.item), list(rows.score))
+
+
+def test_jax_backend_pads_steps_and_gives_the_same_results(model, test_data, tmp_path):
+    """On JAX (here on the CPU) steps are padded to powers of two; ranks still give evaluate_gpu's metrics and
+    the scores are the python backend's."""
+    pytest.importorskip('jax')
+    path = tmp_path / 'm.gru4rec'
+    model.savemodel(path)
+    j = GRU4Rec.loadmodel(path, backend='jax')
+    cut_offs = [1, 5, 20]
+    recall, mrr = evaluation.evaluate_gpu(j, test_data, cut_off=cut_offs, batch_size=7)
+    r2, m2 = metrics_from_rankings(j, test_data, cut_offs)
+    np.testing.assert_allclose(r2, recall, atol=1e-12)
+    np.testing.assert_allclose(m2, mrr, atol=1e-12)
+    a = recommend_batch(model, test_data, k=5, every_event=True)
+    b = recommend_batch(j, test_data, k=5, every_event=True)
+    np.testing.assert_allclose(a.score.values, b.score.values, rtol=1e-5)
+    res = LiveSessions(j).click_many([('a', 'i1'), ('b', 'i2'), ('c', 'i3')], k=5)    # 3 rows padded to 4
+    assert [r.items for r in res] == [recommend(model, [i], k=5).items for i in ('i1', 'i2', 'i3')]
