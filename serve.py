@@ -36,10 +36,11 @@ class Settings:
     """Service settings (the command-line flags)."""
 
     def __init__(self, batch_window_ms=2.0, max_batch=64, batching=True, capacity=100000, idle_timeout=3600.0,
-                 max_k=1000, max_items=1000, max_body=1 << 16, max_pending=10000, max_session_id=256):
+                 max_k=1000, max_items=1000, max_body=1 << 16, max_pending=10000, max_session_id=256, always_wait=False):
         self.batch_window_ms, self.max_batch, self.batching = float(batch_window_ms), int(max_batch), bool(batching)
         self.capacity, self.idle_timeout, self.max_k, self.max_items = int(capacity), idle_timeout, int(max_k), int(max_items)
         self.max_body, self.max_pending, self.max_session_id = int(max_body), int(max_pending), int(max_session_id)
+        self.always_wait = bool(always_wait)
 
     def as_dict(self):
         return dict(vars(self))
@@ -51,14 +52,17 @@ class Settings:
 
 class MicroBatcher:
     """Collects clicks from concurrent requests and runs them as one LiveSessions.click_many call (one GRU
-    step) in the single model thread. A batch closes when max_batch clicks are in, or window seconds after its
-    first click; clicks that arrive while a step runs wait for the next one."""
+    step) in the single model thread. A batch takes the clicks already waiting (those that arrived while the
+    previous step ran) and, if the previous step had more than one click, those arriving within `window`
+    seconds of its first click, up to max_batch."""
 
-    def __init__(self, store, executor, window_s, max_batch, max_pending):
+    def __init__(self, store, executor, window_s, max_batch, max_pending, always_wait=False):
         self.store, self.executor, self.window, self.max_batch = store, executor, window_s, max(1, max_batch)
+        self.always_wait = always_wait
         self.queue = asyncio.Queue(maxsize=max_pending)
         self.task = None
         self.batches = self.clicks = 0
+        self._last_size = 1
 
     def start(self):
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -83,7 +87,8 @@ class MicroBatcher:
             if first is None:
                 break
             batch = [first]
-            deadline = loop.time() + self.window
+            # wait for more clicks only under load (the last step had company): a lone client pays no window
+            deadline = loop.time() + (self.window if self._last_size > 1 or self.always_wait else 0.0)
             while len(batch) < self.max_batch:
                 try:
                     entry = self.queue.get_nowait()
@@ -99,6 +104,7 @@ class MicroBatcher:
                     stopping = True
                     break
                 batch.append(entry)
+            self._last_size = len(batch)
             await self._step(loop, batch)
 
     async def _step(self, loop, batch):
@@ -153,7 +159,7 @@ def create_app(model, settings=None):
     @asynccontextmanager
     async def lifespan(app):
         batcher = MicroBatcher(store, executor, s.batch_window_ms / 1000 if s.batching else 0.0,
-                               s.max_batch if s.batching else 1, s.max_pending)
+                               s.max_batch if s.batching else 1, s.max_pending, s.always_wait)
         batcher.start()
         state['batcher'] = batcher
         try:
@@ -321,6 +327,8 @@ def build_parser():
     p.add_argument('--port', type=int, default=8000, help='port (default: 8000; 0: any free port)')
     p.add_argument('--batch_window_ms', type=float, default=2.0, help='micro-batching window in ms (default: 2)')
     p.add_argument('--max_batch', type=int, default=64, help='most clicks per GRU step (default: 64)')
+    p.add_argument('--always_wait', action='store_true',
+                   help='wait the batching window for a lone click too (default: only when the last step had company)')
     p.add_argument('--no_batching', action='store_true', help='one GRU step per click (no micro-batching)')
     p.add_argument('--capacity', type=int, default=100000, help='most live sessions held (default: 100000)')
     p.add_argument('--idle_timeout', type=float, default=3600.0, help='seconds before an idle session is dropped (default: 3600)')
@@ -377,7 +385,8 @@ def _main(argv):
         _run_module.check_device(model, own, mod.GRU4RecError)
         settings = Settings(batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, batching=not args.no_batching,
                             capacity=args.capacity, idle_timeout=args.idle_timeout, max_k=args.max_k,
-                            max_items=args.max_items, max_body=args.max_body, max_pending=args.max_pending)
+                            max_items=args.max_items, max_body=args.max_body, max_pending=args.max_pending,
+                            always_wait=args.always_wait)
         app = create_app(model, settings)
     except mod.GRU4RecError as e:
         raise InputError(str(e)) from None

@@ -173,7 +173,7 @@ def test_concurrent_clicks_are_micro_batched_and_correct(server, model):
 
 
 def test_sigterm_lets_requests_in_flight_finish(model_file, model):
-    s = Server(model_file, '--batch_window_ms', 1500)     # a click waits 1.5 s in the batcher
+    s = Server(model_file, '--batch_window_ms', 1500, '--always_wait')     # a click waits 1.5 s in the batcher
     out = {}
 
     def slow_click():
@@ -182,6 +182,7 @@ def test_sigterm_lets_requests_in_flight_finish(model_file, model):
     t = threading.Thread(target=slow_click)
     t.start()
     time.sleep(0.5)
+    assert 'res' not in out          # still waiting in the batcher
     s.proc.send_signal(signal.SIGTERM)
     t.join(30)
     code, res = out['res']
