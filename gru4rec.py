@@ -1160,8 +1160,13 @@ class GRU4Rec:
         self._require_trained()
         session_ids = np.asarray(session_ids)
         items = np.asarray(input_item_ids)
+        if session_ids.ndim != 1 or items.ndim != 1:
+            raise GRU4RecError('session_ids and input_item_ids must be lists with one entry per slot (e.g. [sid], '
+                               '[item], batch=1); for the top items of one session use model.recommend(clicks)')
         if len(session_ids) != batch or len(items) != batch:
-            raise GRU4RecError(f'session_ids and input_item_ids must have length batch={batch}')
+            raise GRU4RecError(f'session_ids and input_item_ids must have length batch={batch}, got '
+                               f'{len(session_ids)} and {len(items)}: pass batch={len(session_ids)} (one slot per '
+                               'session), or use model.recommend / model.live_sessions() for live sessions')
         idx = self.itemidmap_index.get_indexer(items)
         if (idx < 0).any():
             raise GRU4RecError(f'Unknown item ID(s) in input_item_ids: {list(items[idx < 0][:5])}')
@@ -1196,6 +1201,19 @@ class GRU4Rec:
     @property
     def itemidmap_index(self):
         return self.itemidmap.index
+
+    # --- recommendations for live sessions (thin wrappers of recommend.py, issue 20) -------------------
+    def recommend(self, clicks, k=20, exclude_seen=False, candidates=None):
+        """Top-k next items of one session after its clicks (item IDs, oldest first): recommend.recommend."""
+        return _recommend_module().recommend(self, clicks, k=k, exclude_seen=exclude_seen, candidates=candidates)
+
+    def recommend_batch(self, events, k=20, **kwargs):
+        """Top-k next items of many sessions at once, a tidy DataFrame: recommend.recommend_batch."""
+        return _recommend_module().recommend_batch(self, events, k=k, **kwargs)
+
+    def live_sessions(self, **kwargs):
+        """A bounded store of live sessions (one click in, top-k out): recommend.LiveSessions."""
+        return _recommend_module().LiveSessions(self, **kwargs)
 
     # --- persistence -----------------------------------------------------------------------
     def savemodel(self, fname):
@@ -1278,6 +1296,14 @@ class GRU4Rec:
             raise GRU4RecError(f'{fname} is not a consistent GRU4Rec model file: {e}') from None
         model._set_weights(weights)
         return model
+
+
+def _recommend_module():
+    try:
+        from . import recommend
+    except ImportError:
+        import recommend
+    return recommend
 
 
 def _write_safe(fname, header, arrays):

@@ -251,3 +251,13 @@ def test_jax_backend_pads_steps_and_gives_the_same_results(model, test_data, tmp
     np.testing.assert_allclose(a.score.values, b.score.values, rtol=1e-5)
     res = LiveSessions(j).click_many([('a', 'i1'), ('b', 'i2'), ('c', 'i3')], k=5)    # 3 rows padded to 4
     assert [r.items for r in res] == [recommend(model, [i], k=5).items for i in ('i1', 'i2', 'i3')]
+
+
+def test_model_methods_delegate_and_predict_next_batch_traps_are_clear(model):
+    assert model.recommend(['i1', 'i2'], k=3) == recommend(model, ['i1', 'i2'], k=3)
+    pd.testing.assert_frame_equal(model.recommend_batch({'a': ['i1']}, k=3), recommend_batch(model, {'a': ['i1']}, k=3))
+    assert model.live_sessions(capacity=5).click('s', 'i1', k=3).items == recommend(model, ['i1'], k=3).items
+    with pytest.raises(GRU4RecError, match='one entry per slot'):
+        model.predict_next_batch(1, 'i1')
+    with pytest.raises(GRU4RecError, match='pass batch=1'):
+        model.predict_next_batch([1], ['i1'])
