@@ -260,3 +260,16 @@ def load_test_files(paths, keys, known_items):
             raise InputError(f'The test file {path} shares no items with the training data')
         tests.append((test, message))
     return tests
+
+
+def check_device(gru, own, error):
+    """A device that JAX does not see (or a missing JAX) fails here, before the data are read, naming the -d
+    that asked for it (the model sees 'cuda' once apply_config has hidden the other GPUs)."""
+    try:
+        gru.compile_mode()
+    except error as e:
+        if own['device'] == 'cpu':
+            raise
+        mask = os.environ.get('CUDA_VISIBLE_DEVICES')
+        raise InputError(f'-d {own["device"]}' + (f' (CUDA_VISIBLE_DEVICES={mask})' if mask is not None else '')
+                     + f': {e}') from None

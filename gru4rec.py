@@ -303,8 +303,13 @@ class GRU4Rec:
         p = self._checked_params()
         session_ids = np.asarray(session_ids)
         items = np.asarray(input_item_ids)
+        if session_ids.ndim != 1 or items.ndim != 1:
+            raise GRU4RecError('session_ids and input_item_ids must be lists with one entry per slot (e.g. [sid], '
+                               '[item], batch=1); for the top items of one session use model.recommend(clicks)')
         if len(session_ids) != batch or len(items) != batch:
-            raise GRU4RecError(f'session_ids and input_item_ids must have length batch={batch}')
+            raise GRU4RecError(f'session_ids and input_item_ids must have length batch={batch}, got '
+                               f'{len(session_ids)} and {len(items)}: pass batch={len(session_ids)} (one slot per '
+                               'session), or use model.recommend / model.live_sessions() for live sessions')
         idx = self.itemidmap_.index.get_indexer(items)
         if (idx < 0).any():
             raise GRU4RecError(f'Unknown item ID(s) in input_item_ids: {list(items[idx < 0][:5])}')
@@ -326,7 +331,7 @@ class GRU4Rec:
             X = pt.ivector('X')
             H = [pt.fmatrix(f'H{i}') for i in range(len(p.layers))]
             C = pt.ivector('C') if with_c else None
-            scores, new_H = _graph.prediction_step(p, self.weights_, X, H, C)
+            scores, new_H = self.prediction_graph(X, H, C)
             inputs = [X] + ([C] if with_c else []) + H
             return pytensor.function(inputs, [scores] + new_H, mode=self.compile_mode())
         fn = self.cached_function(('predict', cand is not None), lambda: build(cand is not None))
@@ -335,6 +340,24 @@ class GRU4Rec:
         state['H'] = [np.array(h) for h in H]   # host copies: the next call resets slots in place
         index = self.itemidmap_.index if cand is None else pd.Index(np.asarray(predict_for_item_ids))
         return pd.DataFrame(data=np.asarray(scores).T, index=index)
+
+    def prediction_graph(self, X, H, C=None):
+        """Symbolic prediction step (no dropout, no reset, no logQ) for item indices X (M) and states H (list of
+        M x L_i): (activated scores, M x n_items or M x len(C) for item indices C; the new states)."""
+        return _graph.prediction_step(self._checked_params(), self.weights_, X, H, C)
+
+    # --- recommendations for live sessions (recommend.py) -------------------------------------
+    def recommend(self, clicks, k=20, exclude_seen=False, candidates=None):
+        """Top-k next items of one session after its clicks (item IDs, oldest first): recommend.recommend."""
+        return _recommend_module().recommend(self, clicks, k=k, exclude_seen=exclude_seen, candidates=candidates)
+
+    def recommend_batch(self, events, k=20, **kwargs):
+        """Top-k next items of many sessions at once, a tidy DataFrame: recommend.recommend_batch."""
+        return _recommend_module().recommend_batch(self, events, k=k, **kwargs)
+
+    def live_sessions(self, **kwargs):
+        """A bounded store of live sessions (one click in, top-k out): recommend.LiveSessions."""
+        return _recommend_module().LiveSessions(self, **kwargs)
 
     # --- persistence -----------------------------------------------------------------------
     def savemodel(self, fname):
@@ -371,3 +394,9 @@ class GRU4Rec:
         model.item_support_ = np.asarray(state['item_support'])
         model.weights_ = _graph.shared_weights(weights)
         return model
+
+
+def _recommend_module():
+    """recommend.py (the live-session API) imports this module, so it is imported on first use."""
+    import importlib
+    return importlib.import_module(('.' if __package__ else '') + 'recommend', __package__ or None)

@@ -112,9 +112,16 @@ def check_test_against_items(n, n_items):
 
 # --- main -------------------------------------------------------------------------------------------
 
+SUBCOMMANDS = {'recommend': 'recommend_cli', 'serve': 'serve'}   # first word -> module with main(argv)
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:   # `gru4rec recommend ...`, `gru4rec serve ...` (issue 20)
+        module = importlib.import_module(('.' if __package__ else '') + SUBCOMMANDS[argv[0]], __package__ or None)
+        return module.main(argv[1:])
     try:
-        return _main(sys.argv[1:] if argv is None else argv)
+        return _main(argv)
     except cli.InputError as e:
         return cli.report_error(str(e))
     except KeyboardInterrupt:
@@ -131,19 +138,6 @@ def _main(argv):
         return _run(args, own, mod, cli.sibling('evaluation'))
     except mod.GRU4RecError as e:
         return cli.report_error(str(e))
-
-
-def check_device(gru, own, error):
-    """A device that JAX does not see (or a missing JAX) fails here, before the data are read, naming the -d
-    that asked for it (the model sees 'cuda' once apply_config has hidden the other GPUs)."""
-    try:
-        gru.compile_mode()
-    except error as e:
-        if own['device'] == 'cpu':
-            raise
-        mask = os.environ.get('CUDA_VISIBLE_DEVICES')
-        raise cli.InputError(f'-d {own["device"]}' + (f' (CUDA_VISIBLE_DEVICES={mask})' if mask is not None else '')
-                         + f': {e}') from None
 
 
 def _run(args, own, mod, evaluation):
@@ -175,7 +169,7 @@ def load_model(args, own, mod, keys_cli, record):
     record['model_file'] = args.path
     print(f'Loading trained model from file: {args.path}')
     gru = mod.GRU4Rec.loadmodel(args.path, backend=own['backend'], device=own['model_device'])
-    check_device(gru, own, mod.GRU4RecError)
+    cli.check_device(gru, own, mod.GRU4RecError)
     if args.test_against_items is not None:
         check_test_against_items(args.test_against_items, gru.n_items_)
     if keys_cli:
@@ -201,7 +195,7 @@ def train_model(args, own, mod, keys_cli, record):
     print('Creating GRU4Rec model')
     gru = mod.GRU4Rec(backend=own['backend'], device=own['model_device'])
     gru.set_params(**params)
-    check_device(gru, own, mod.GRU4RecError)
+    cli.check_device(gru, own, mod.GRU4RecError)
     keys = (gru.session_key, gru.item_key, gru.time_key)
     print('Loading training data...')
     data, _ = cli.load_data(args.path, keys, 'training')
