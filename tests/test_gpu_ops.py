@@ -261,16 +261,29 @@ def test_training_with_fused_updates_equals_plain(monkeypatch):
     np.testing.assert_allclose(runs[True][1], runs[False][1], rtol=1e-4, atol=1e-6)
 
 
-def test_numba_kernel_cache_key_changes_with_the_source(tmp_path, monkeypatch):
-    """PyTensor caches compiled Numba code by Op class and props: the kernel adds a salt from its source file,
-    so an edited kernel is never served from an old cache entry."""
+def test_numba_kernel_cache_key_follows_the_imported_code(tmp_path, monkeypatch):
+    """PyTensor caches compiled Numba code by Op class and props: the kernel adds a salt from the code it runs,
+    so an edited kernel is never served from an old cache entry, and a process that still runs the old code
+    after the file was edited does not store it under the new code's key (that poisoned the cache once: a
+    test run started before an edit compiled the old kernel under the edited file's salt)."""
+    import importlib
     pytest.importorskip('numba')
     fn, salt = _row_update.numba_sparse_row_update(gpu_ops.SparseRowUpdate(*spec_for('adagrad', 0.5, 0.0)))
     assert salt == _ops_support.source_salt(_row_update.__name__)
-    edited = tmp_path / '_row_update.py'
-    edited.write_bytes(open(_row_update.__file__, 'rb').read() + b'\n# edited\n')
-    monkeypatch.setattr(_row_update, '__file__', str(edited))
-    assert _ops_support.source_salt(_row_update.__name__) != salt
+    src = tmp_path / 'salted_kernel.py'
+    src.write_text('import functools\nSTEP = 2\n\n@functools.cache\ndef kernel():\n'
+                   '    def inner(x):\n        return x * STEP\n    return inner\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module('salted_kernel')
+    first = _ops_support.source_salt('salted_kernel')
+    src.write_text(src.read_text().replace('x * STEP', 'x + STEP'))    # edited on disk, not re-imported
+    assert _ops_support.source_salt('salted_kernel') == first
+    importlib.reload(module)                                            # the new code runs: a new key
+    second = _ops_support.source_salt('salted_kernel')
+    assert second != first
+    src.write_text(src.read_text().replace('STEP = 2', 'STEP = 3'))     # a module constant the kernel reads
+    importlib.reload(module)
+    assert _ops_support.source_salt('salted_kernel') not in (first, second)
 
 
 @pytest.mark.parametrize('mode', ['FAST_COMPILE', 'NUMBA'])
