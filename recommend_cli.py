@@ -5,7 +5,6 @@ Same conventions as run.py: configuration (-d/--backend, flags file, PYTENSOR_FL
 PyTensor is imported; bad input is one 'ERROR.' line on stderr, exit code 2, and nothing written.
 Clicks on items the model does not know are skipped (see recommend.py); a line on stdout counts them.
 """
-import argparse
 import os
 import sys
 
@@ -19,19 +18,8 @@ OUTPUT_FORMATS = {'.csv': 'csv', '.tsv': 'tsv', '.txt': 'tsv', '.parquet': 'parq
                   '.ndjson': 'jsonl'}
 
 
-class _Parser(argparse.ArgumentParser):
-    """--some-flag accepted for --some_flag; usage errors become InputError (one 'ERROR.' line)."""
-
-    def add_argument(self, *names, **kw):
-        aliases = [n.replace('_', '-') for n in names if n.startswith('--') and '_' in n]
-        return super().add_argument(*names, *[a for a in aliases if a not in names], **kw)
-
-    def error(self, message):
-        raise InputError(message[0].upper() + message[1:])
-
-
 def build_parser():
-    p = _Parser(prog='gru4rec recommend', description='Top-k next items for the sessions of an events file.')
+    p = cli.Parser(prog='gru4rec recommend', description='Top-k next items for the sessions of an events file.')
     p.add_argument('model', metavar='MODEL', help='a model saved with -s / savemodel')
     p.add_argument('events', metavar='EVENTS', help='events (session, item, time columns; formats as for training data)')
     p.add_argument('-k', '--k', type=int, default=20, help='items per recommendation (default: 20)')

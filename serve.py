@@ -16,7 +16,6 @@ at most --capacity live sessions (least recently used evicted; --idle_timeout), 
 connections; requests in flight finish (up to --graceful_timeout s), then the process exits.
 Binds to 127.0.0.1 unless --host says otherwise.
 """
-import argparse
 import asyncio
 import concurrent.futures
 import importlib
@@ -308,17 +307,8 @@ class BodyLimit:
 # command line
 # ---------------------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def add_argument(self, *names, **kw):
-        aliases = [n.replace('_', '-') for n in names if n.startswith('--') and '_' in n]
-        return super().add_argument(*names, *[a for a in aliases if a not in names], **kw)
-
-    def error(self, message):
-        raise InputError(message[0].upper() + message[1:])
-
-
 def build_parser():
-    p = _Parser(prog='gru4rec serve', description='Serve live-session recommendations over HTTP.')
+    p = cli.Parser(prog='gru4rec serve', description='Serve live-session recommendations over HTTP.')
     p.add_argument('model', metavar='MODEL', help='a model saved with -s / savemodel')
     p.add_argument('--host', default='127.0.0.1', help='address to bind (default: 127.0.0.1, this machine only)')
     p.add_argument('--port', type=int, default=8000, help='port (default: 8000; 0: any free port)')
