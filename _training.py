@@ -234,8 +234,6 @@ class TrainingRun:
         avg = sum_cost / max(n_events, 1)
         if math.isnan(avg):
             return None, n_steps
-        print(f'Epoch{epoch + 1} --> loss: {avg:.6f} \t({secs:.2f}s) \t'
-              f'[{n_steps / secs:.2f} mb/s | {n_events / secs:.0f} e/s]')
         return {'epoch': epoch + 1, 'loss': avg, 'seconds': secs, 'steps': n_steps, 'events': n_events}, None
 
     def per_step_epoch(self, batches):
@@ -315,3 +313,10 @@ class TrainingRun:
         """Continue from options.checkpoint; returns (finished epochs, their statistics)."""
         return _files.read_checkpoint(self.options.checkpoint, self.p, self.fingerprint, self.weights,
                                       self.opt_states, self.streams)
+
+
+def epoch_line(stats):
+    """The original's line for a finished epoch (printed once its checkpoint, if any, is written)."""
+    secs = stats['seconds']
+    return (f'Epoch{stats["epoch"]} --> loss: {stats["loss"]:.6f} \t({secs:.2f}s) \t'
+            f'[{stats["steps"] / secs:.2f} mb/s | {stats["events"] / secs:.0f} e/s]')

@@ -224,6 +224,8 @@ class GRU4Rec:
         self._compiled, self._pred_state = {}, None
         self.error_during_train_, self.error_epoch_, self.error_step_ = False, None, None
         self.epoch_stats_ = []
+        for stale in ('step_costs_', 'step_sizes_'):   # an earlier fit's step log
+            self.__dict__.pop(stale, None)
         run = _training.TrainingRun(p, options, data, self.compile_mode, log_steps)
         self.itemidmap_, self.n_items_, self.item_support_ = run.itemidmap, run.n_items, run.item_support
         self.weights_ = run.weights   # trained in place by the compiled step
@@ -236,8 +238,9 @@ class GRU4Rec:
                 if bad_step:
                     return self._diverged(epoch, bad_step)
                 self.epoch_stats_.append(stats)
-                if options.checkpoint:
+                if options.checkpoint:   # before the epoch's line: a Ctrl-C after the line keeps the epoch
                     run.save_checkpoint(epoch + 1, self.epoch_stats_)
+                print(_training.epoch_line(stats))
                 if epoch_callback is not None and epoch_callback(self, stats):
                     break
         finally:

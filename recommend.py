@@ -509,6 +509,9 @@ class LiveSessions:
             else:
                 s, i = c
                 reqs.append((s, i, _check_k(k), bool(exclude_seen), candidates))
+        for r in reqs:
+            if isinstance(r[0], bool) or not isinstance(r[0], (str, int, np.integer)):
+                raise GRU4RecError(f'A session ID must be a string or an integer, got {r[0]!r}')
         ad = self.adapter
         cands = [_candidate_rows(ad, r[4]) for r in reqs]   # checked before any state changes
         rows = ad.index_of([r[1] for r in reqs]) if reqs else np.zeros(0, np.int64)
@@ -538,7 +541,7 @@ class LiveSessions:
             else:
                 self._sessions.move_to_end(key)
             sess.touched = now
-            res = Recommendations(session=key, new_session=new)
+            res = Recommendations(session=key, new_session=bool(new and rows[j] >= 0))   # (unknown: none started)
             results[j] = res
             sess_of[j] = sess
             if rows[j] >= 0:

@@ -38,8 +38,10 @@ parse_parameter_string, load_parameter_file, COMPRESSIONS, data_format, load_dat
 def build_parser():
     width = shutil.get_terminal_size().columns
     p = cli.Parser(prog='gru4rec', description='Train or load a GRU4Rec model and evaluate it.',
+                   epilog='Other commands: gru4rec recommend MODEL EVENTS -k 20 -o OUT (top-k for sessions), '
+                          'gru4rec serve MODEL (HTTP service); each with --help.',
                    formatter_class=lambda prog: argparse.HelpFormatter(prog, width=width, max_help_position=width // 3))
-    p.add_argument('path', metavar='PATH', help='training data (.tsv/.txt: tab, .csv: comma, optionally .gz/.bz2/.xz/.zip; '
+    p.add_argument('path', metavar='PATH', help='training data (.tsv/.txt: tab, .csv: comma, optionally .gz/.bz2/.xz/.zst/.zip; '
                    '.pickle or .parquet: a DataFrame); with -l the saved model')
     p.add_argument('-ps', '--parameter_string', metavar='PARAM_STRING', help='parameters, e.g. loss=bpr-max,layers=100/100,n_epochs=10')
     p.add_argument('-pf', '--parameter_file', metavar='PARAM_PATH', help='Python file defining the OrderedDict gru4rec_params')

@@ -35,15 +35,27 @@ import numpy as np  # noqa: E402
 
 import evaluation  # noqa: E402
 from gru4rec import GRU4Rec  # noqa: E402
-from cli import load_data, load_parameter_file, parse_parameter_string  # noqa: E402
+from cli import InputError, load_data, load_parameter_file, parse_parameter_string  # noqa: E402
 
 KEYS = ('SessionId', 'ItemId', 'Time')
 
 
+REQUIRED = ('name', 'description', 'run_py_args', 'initial_weights', 'item_ids_first10', 'step_cost', 'step_batch',
+            'epoch_loss', 'recall20_mrr20')
+
+
 def read_trace(path):
+    """The trace as a dict; SystemExit with one line if it is missing, unreadable or lacks a field."""
     opener = gzip.open if path.endswith('.gz') else open
-    with opener(path, 'rt') as f:
-        return json.load(f)
+    try:
+        with opener(path, 'rt') as f:
+            trace = json.load(f)
+    except (OSError, ValueError) as e:   # missing, not gzip, not JSON, not UTF-8
+        raise SystemExit(f'ERROR. Cannot read the trace {path}: {e}') from None
+    missing = [k for k in REQUIRED if not isinstance(trace, dict) or k not in trace]
+    if missing:
+        raise SystemExit(f'ERROR. {path} is not a trace of the original: no {", ".join(missing)}')
+    return trace
 
 
 def trace_config(trace, param_dir):
@@ -80,12 +92,18 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     trace = read_trace(args.trace)
-    params, store, cut = trace_config(trace, args.param_dir)
+    try:
+        params, store, cut = trace_config(trace, args.param_dir)
+    except InputError as e:
+        raise SystemExit(f'ERROR. {e}') from None
     model = GRU4Rec(backend=args.backend, rng='original', **params)
     if model.dropout_p_hidden > 0 or model.dropout_p_embed > 0:
         raise SystemExit("This trace uses dropout, whose masks came from Theano's generator: not replayable")
-    train, _ = load_data(args.train, KEYS, 'training', quiet=True)
-    test, _ = load_data(args.test, KEYS, 'test', quiet=True)
+    try:
+        train, _ = load_data(args.train, KEYS, 'training', quiet=True)
+        test, _ = load_data(args.test, KEYS, 'test', quiet=True)
+    except InputError as e:
+        raise SystemExit(f'ERROR. {e}') from None
     failures = []
 
     def check(ok, what):

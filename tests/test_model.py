@@ -491,3 +491,18 @@ def test_original_rng_runs_are_reproducible_resumable_and_cpu_store_only(tmp_pat
         GRU4Rec(**params).fit(data, store_type='gpu')
     with pytest.raises(GRU4RecError, match='Invalid value for parameter rng'):
         GRU4Rec(**{**params, 'rng': 'theano'}).fit(data)
+
+
+def test_epoch_line_comes_after_its_checkpoint_and_step_logs_are_per_fit(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C after an 'EpochN' line must not lose epoch N: the checkpoint is written before the line. A fit
+    without log_steps drops an earlier fit's step log instead of leaving stale arrays."""
+    import _files
+    events = []
+    real = _files.write_checkpoint
+    monkeypatch.setattr(_files, 'write_checkpoint', lambda *a, **kw: (events.append(('checkpoint', capsys.readouterr().out.count('Epoch'))), real(*a, **kw))[1])
+    params = dict(layers=[6], batch_size=4, n_sample=5, n_epochs=2, backend='python')
+    m = GRU4Rec(**params).fit(generated_sessions(n_sessions=40), checkpoint_dir=str(tmp_path), log_steps=True)
+    assert [n for _, n in events] == [0, 1]   # epoch 1's checkpoint before any line, epoch 2's after line 1 only
+    assert len(m.step_costs_) == sum(e['steps'] for e in m.epoch_stats_)
+    m.fit(generated_sessions(n_sessions=40))
+    assert not hasattr(m, 'step_costs_') and not hasattr(m, 'step_sizes_')

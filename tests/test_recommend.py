@@ -124,8 +124,8 @@ def test_unknown_items_are_skipped_everywhere(model):
     assert df.attrs == {'skipped_clicks': 2, 'sessions_without_known_clicks': 1}
     live = LiveSessions(model)
     first = live.click('s', 'nope', k=5)
-    assert first.items == [] and first.skipped == ['nope'] and 's' not in live
-    live.click('s', 'i1', k=5)
+    assert first.items == [] and first.skipped == ['nope'] and 's' not in live and not first.new_session
+    assert live.click('s', 'i1', k=5).new_session          # the first known click starts the session
     after = live.click('s', 'i2', k=5)
     again = live.click('s', 'still-unknown', k=5)
     assert again.items == after.items and again.scores == after.scores and again.skipped == ['still-unknown']
@@ -137,6 +137,9 @@ def test_unknown_items_are_skipped_everywhere(model):
         recommend(model, ['i1'], candidates=['unknown'])
     with pytest.raises(GRU4RecError, match='candidate'):
         live.click('s', 'i1', candidates=['unknown'])
+    for bad in (['s'], None, True):
+        with pytest.raises(GRU4RecError, match='session ID'):
+            live.click(bad, 'i1')
     assert live.stats()['sessions'] == 1 and live._sessions['s'].clicks == 2   # the failed click changed nothing
 
 
