@@ -80,15 +80,21 @@ async def closed_loop(port, clicks, n_clients, duration, max_requests):
     t0 = loop.time()
     deadline = t0 + duration
 
-    async def client(conn):
+    async def client(n):
         nonlocal errors
         while loop.time() < deadline and len(lat) < max_requests:
             path, body = clicks.next()
             s = loop.time()
-            status, _ = await conn.request('POST', path, body)
+            try:
+                status, _ = await conns[n].request('POST', path, body)
+            except (ConnectionError, asyncio.IncompleteReadError):   # the server dropped the connection (load)
+                errors += 1
+                conns[n].close()
+                conns[n] = await Conn.open(port)
+                continue
             lat.append(loop.time() - s)
             errors += status != 200
-    await asyncio.gather(*(client(c) for c in conns))
+    await asyncio.gather(*(client(n) for n in range(len(conns))))
     elapsed = loop.time() - t0
     for c in conns:
         c.close()
