@@ -44,12 +44,16 @@ def metrics_from_rankings(model, test, cut_offs):
     return [float(np.mean(ranks <= c)) for c in cut_offs], [float(np.mean((ranks <= c) / ranks)) for c in cut_offs]
 
 
-def test_batch_ranks_give_the_evaluation_metrics(model, test_data):
-    cut_offs = [1, 3, 5, 10, 20, 40]
+def assert_ranks_give_the_evaluation_metrics(model, test_data, cut_offs):
+    """Recall/MRR computed from recommend_batch's ranks equal evaluate_gpu's."""
     recall, mrr = evaluation.evaluate_gpu(model, test_data, cut_off=cut_offs, batch_size=7)
     r2, m2 = metrics_from_rankings(model, test_data, cut_offs)
     np.testing.assert_allclose(r2, recall, atol=1e-12)
     np.testing.assert_allclose(m2, mrr, atol=1e-12)
+
+
+def test_batch_ranks_give_the_evaluation_metrics(model, test_data):
+    assert_ranks_give_the_evaluation_metrics(model, test_data, [1, 3, 5, 10, 20, 40])
 
 
 def test_scores_are_predict_next_batch_scores(model):
@@ -221,11 +225,7 @@ def test_numba_backend_live_batch_and_evaluation_agree(test_data):
     """The same checks on the real CPU backend (Numba): ranks give evaluate_gpu's metrics; live == batch."""
     m = GRU4Rec(layers=[8], n_epochs=1, batch_size=8, n_sample=16, loss='bpr-max', final_act='elu-1', backend='numba')
     m.fit(sessions(120, 40, 0))
-    cut_offs = [1, 5, 20]
-    recall, mrr = evaluation.evaluate_gpu(m, test_data, cut_off=cut_offs, batch_size=7)
-    r2, m2 = metrics_from_rankings(m, test_data, cut_offs)
-    np.testing.assert_allclose(r2, recall, atol=1e-12)
-    np.testing.assert_allclose(m2, mrr, atol=1e-12)
+    assert_ranks_give_the_evaluation_metrics(m, test_data, [1, 5, 20])
     batch = recommend_batch(m, test_data, k=5, every_event=True)
     live = LiveSessions(m)
     data = test_data.sort_values(['SessionId', 'Time', 'ItemId'], kind='stable')
@@ -244,11 +244,7 @@ def test_jax_backend_pads_steps_and_gives_the_same_results(model, test_data, tmp
     path = tmp_path / 'm.gru4rec'
     model.savemodel(path)
     j = GRU4Rec.loadmodel(path, backend='jax')
-    cut_offs = [1, 5, 20]
-    recall, mrr = evaluation.evaluate_gpu(j, test_data, cut_off=cut_offs, batch_size=7)
-    r2, m2 = metrics_from_rankings(j, test_data, cut_offs)
-    np.testing.assert_allclose(r2, recall, atol=1e-12)
-    np.testing.assert_allclose(m2, mrr, atol=1e-12)
+    assert_ranks_give_the_evaluation_metrics(j, test_data, [1, 5, 20])
     a = recommend_batch(model, test_data, k=5, every_event=True)
     b = recommend_batch(j, test_data, k=5, every_event=True)
     np.testing.assert_allclose(a.score.values, b.score.values, rtol=1e-5)
