@@ -96,7 +96,8 @@ def main(argv=None):
         params, store, cut = trace_config(trace, args.param_dir)
     except InputError as e:
         raise SystemExit(f'ERROR. {e}') from None
-    model = GRU4Rec(backend=args.backend, rng='original', **params)
+    model = GRU4Rec(backend=args.backend, rng='original')
+    model.set_params(**params)   # coerces parameter-string values ('0.0' -> 0.0), as the command line does
     if model.dropout_p_hidden > 0 or model.dropout_p_embed > 0:
         raise SystemExit("This trace uses dropout, whose masks came from Theano's generator: not replayable")
     try:
