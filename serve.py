@@ -140,7 +140,7 @@ def create_app(model, settings=None):
     from fastapi import FastAPI, Path, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
     from starlette.exceptions import HTTPException
 
     rec = cli.sibling('recommend')
@@ -164,20 +164,21 @@ def create_app(model, settings=None):
             await batcher.stop()
             executor.shutdown(wait=True)
 
-    ItemId = Union[int, str]
+    # strict types: JSON true is not item 1 and "5" is not k=5 (pydantic's lax mode would convert both)
+    ItemId = Union[StrictInt, StrictStr]
 
     class Click(BaseModel):
         model_config = ConfigDict(extra='forbid')
         item: ItemId = Field(description='the clicked item ID')
-        k: int = Field(20, ge=1, description=f'number of recommendations (at most {s.max_k})')
-        exclude_seen: bool = Field(False, description="leave out the session's own clicked items")
+        k: StrictInt = Field(20, ge=1, description=f'number of recommendations (at most {s.max_k})')
+        exclude_seen: StrictBool = Field(False, description="leave out the session's own clicked items")
         candidates: Optional[List[ItemId]] = Field(None, description='recommend only from these item IDs')
 
     class Clicks(BaseModel):
         model_config = ConfigDict(extra='forbid')
         items: List[ItemId] = Field(description='the clicks of a session so far, oldest first')
-        k: int = Field(20, ge=1)
-        exclude_seen: bool = False
+        k: StrictInt = Field(20, ge=1)
+        exclude_seen: StrictBool = False
         candidates: Optional[List[ItemId]] = None
 
     class Recs(BaseModel):

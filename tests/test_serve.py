@@ -118,6 +118,11 @@ BAD = [
     ('POST', '/sessions/a/clicks', {'item': 'i1', 'k': 31}, None, 422),         # over --max_k
     ('POST', '/sessions/a/clicks', {'item': 'i1', 'k': 'ten'}, None, 422),
     ('POST', '/sessions/a/clicks', {'item': ['i1']}, None, 422),
+    ('POST', '/sessions/a/clicks', {'item': True}, None, 422),                  # not item 1
+    ('POST', '/sessions/a/clicks', {'item': 'i1', 'k': '5'}, None, 422),        # a string is not k=5
+    ('POST', '/sessions/a/clicks', {'item': 'i1', 'k': 5.0}, None, 422),
+    ('POST', '/sessions/a/clicks', {'item': 'i1', 'exclude_seen': 'yes'}, None, 422),
+    ('POST', '/recommend', {'items': ['i1', False]}, None, 422),
     ('POST', '/sessions/a/clicks', {'item': 'i1', 'colour': 'red'}, None, 422),  # unknown field
     ('POST', '/sessions/a/clicks', {'item': 'i1', 'candidates': ['nope']}, None, 400),
     ('POST', '/sessions/a/clicks', None, b'{"item": ', 422),                     # broken JSON
