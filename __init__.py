@@ -6,7 +6,7 @@ The names below are imported on first use (PEP 562), not with the package: the c
 numpy, PyTensor or JAX are imported, and importing the package for it would import them first."""
 import importlib
 
-_EXPORTS = {'GRU4Rec': 'gru4rec', 'GRU4RecError': 'gru4rec', 'evaluate': 'evaluation', 'evaluate_gpu': 'evaluation'}
+_EXPORTS = {'GRU4Rec': 'gru4rec', 'GRU4RecError': 'gru4rec', 'GRU4RecWarning': 'gru4rec', 'evaluate': 'evaluation', 'evaluate_gpu': 'evaluation'}
 __all__ = list(_EXPORTS)
 
 

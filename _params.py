@@ -20,6 +20,10 @@ class GRU4RecError(ValueError):
     """Invalid input or parameter; the message says what is wrong in one line."""
 
 
+class GRU4RecWarning(UserWarning):
+    """A valid but doubtful setting; the command line prints it as one 'WARNING!' line."""
+
+
 LOSSES = ('cross-entropy', 'xe_logit', 'bpr', 'bpr-max', 'top1', 'top1-max')
 OPTIMISERS = ('adagrad', 'rmsprop', 'adadelta', 'adam', 'adam_legacy', 'sgd')
 DEFAULT_ADAPT_PARAMS = {'rmsprop': [0.9], 'adadelta': [0.95], 'adam': [0.9, 0.999], 'adam_legacy': [0.9, 0.999]}

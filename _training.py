@@ -8,6 +8,7 @@ import functools
 import math
 import os
 import time
+import warnings
 from collections import namedtuple
 
 import numpy as np
@@ -42,6 +43,10 @@ def fit_options(p, sample_store, store_type, checkpoint_dir, resume, chunk):
     if store_type == 'gpu' and p.rng == 'original':
         raise GRU4RecError("rng='original' needs store_type='cpu' (--sample_store_on_cpu): the original's "
                            "GPU store draws from Theano's own generator, which cannot be reproduced")
+    if p.rng == 'original' and (p.dropout_p_embed > 0 or p.dropout_p_hidden > 0):
+        warnings.warn("rng='original' reproduces the original's initial weights, shuffling and negative samples, "
+                      "not its dropout masks (drawn from Theano's own generator): with dropout the run matches "
+                      "the original's only statistically, not step by step", _params.GRU4RecWarning, stacklevel=3)
     if resume and not checkpoint_dir:
         raise GRU4RecError('resume needs the checkpoint_dir to resume from')
     checkpoint = os.path.join(checkpoint_dir, _files.CHECKPOINT_NAME) if checkpoint_dir else None

@@ -113,6 +113,22 @@ def sibling(name):
     return importlib.import_module(f'{__package__}.{name}' if __package__ else name)
 
 
+def print_model_warnings(category):
+    """Show the model's own warnings (`category`) as one 'WARNING!' line on stdout, as the command line's other
+    warnings, instead of Python's two-line file:line form; other warnings keep the default form."""
+    if category is None:
+        return
+    import warnings
+    default = warnings.showwarning
+
+    def show(message, cat, filename, lineno, file=None, line=None):
+        if issubclass(cat, category):
+            print('WARNING! ' + ' '.join(str(message).split()), flush=True)
+        else:
+            default(message, cat, filename, lineno, file, line)
+    warnings.showwarning = show
+
+
 def import_model_module(name):
     """The module providing GRU4Rec (-g): ours for the default name; otherwise a module found from the working
     directory. Imports numpy and PyTensor: call it after apply_config."""

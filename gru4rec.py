@@ -33,8 +33,8 @@ else:
     import _batches, _devices, _files, _graph, _optim, _params, _sampling, _training, custom_opt, evaluation  # noqa: E401
 
 # The names that gru4rec.py held when it was one module, re-exported from their homes (users and tests import them).
-GRU4RecError, DEFAULTS, DEFAULT_ADAPT_PARAMS, LOSSES, OPTIMISERS, RNGS = (
-    _params.GRU4RecError, _params.DEFAULTS, _params.DEFAULT_ADAPT_PARAMS, _params.LOSSES, _params.OPTIMISERS, _params.RNGS)
+GRU4RecError, GRU4RecWarning, DEFAULTS, DEFAULT_ADAPT_PARAMS, LOSSES, OPTIMISERS, RNGS = (
+    _params.GRU4RecError, _params.GRU4RecWarning, _params.DEFAULTS, _params.DEFAULT_ADAPT_PARAMS, _params.LOSSES, _params.OPTIMISERS, _params.RNGS)
 FLOAT, LOG_EPS, loss_sum, parse_activation = _graph.FLOAT, _graph.LOG_EPS, _graph.loss_sum, _graph.parse_activation
 EPS = _optim.EPS
 session_offsets, session_parallel_batches, progress = (
@@ -46,7 +46,7 @@ MODEL_FORMAT, MODEL_VERSION, CHECKPOINT_NAME, atomic_write = (
     _files.MODEL_FORMAT, _files.MODEL_VERSION, _files.CHECKPOINT_NAME, _files.atomic_write)
 available_memory = _devices.available_memory
 evaluate, evaluate_gpu = evaluation.evaluate, evaluation.evaluate_gpu
-__all__ = ['GRU4Rec', 'GRU4RecError', 'DEFAULTS', 'DEFAULT_ADAPT_PARAMS', 'LOSSES', 'OPTIMISERS', 'RNGS', 'FLOAT',
+__all__ = ['GRU4Rec', 'GRU4RecError', 'GRU4RecWarning', 'DEFAULTS', 'DEFAULT_ADAPT_PARAMS', 'LOSSES', 'OPTIMISERS', 'RNGS', 'FLOAT',
            'LOG_EPS', 'EPS', 'loss_sum', 'parse_activation', 'session_offsets', 'session_parallel_batches', 'progress',
            'sampling_cdf', 'GraphSampler', 'NegativeSampler', 'RandomChain', 'NoiseInputs', 'TrainingStreams',
            'MODEL_FORMAT', 'MODEL_VERSION', 'CHECKPOINT_NAME', 'atomic_write', 'available_memory', 'evaluate',

@@ -96,6 +96,9 @@ def parse_args(argv):
         raise cli.InputError('--resume needs --checkpoint_dir (the folder of the checkpoint to resume from)')
     if args.load_model and (args.checkpoint_dir or args.resume):
         raise cli.InputError('--checkpoint_dir and --resume are for training, not with --load_model')
+    if args.load_model and (args.original_rng or args.seed is not None):
+        raise cli.InputError('--original_rng and --seed are for training, not with --load_model (the loaded model '
+                             'keeps the seed it was trained with)')
     if args.load_model and args.save_model:
         raise cli.InputError('--save_model cannot be used with --load_model (the model is not retrained)')
     if any(m < 1 for m in args.measure):
@@ -136,6 +139,7 @@ def _main(argv):
     own, pytensor_flags = cli.resolve_config(args.device, args.backend)
     own['model_device'] = cli.apply_config(own, pytensor_flags)
     mod = cli.import_model_module(args.gru4rec_model)   # numpy, PyTensor (and JAX) are imported from here on
+    cli.print_model_warnings(getattr(mod, 'GRU4RecWarning', None))
     try:
         return _run(args, own, mod, cli.sibling('evaluation'))
     except mod.GRU4RecError as e:

@@ -103,7 +103,17 @@ def test_original_rng_flag(files, tmp_path):
         assert r.returncode == 0, r.stderr
         assert 'Created sample store with' in r.stdout and '(type=CPU)' in r.stdout
         outs.append(re.findall(r'Recall@20: ([0-9.]+) MRR@20: ([0-9.]+)', r.stdout))
+        assert 'WARNING' not in r.stdout + r.stderr   # no dropout in TINY: nothing to warn about
     assert outs[0] and outs[0] == outs[1] == outs[2]
+
+
+def test_original_rng_with_dropout_warns_in_one_line(files):
+    """The original's dropout masks come from Theano's generator: --original_rng cannot reproduce them."""
+    r = run(files['train'], '-ps', TINY + ',dropout_p_hidden=0.2', '--original_rng')
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if 'dropout' in ln and 'WARNING' in ln]
+    assert len(lines) == 1 and lines[0].startswith("WARNING! rng='original'"), r.stdout + r.stderr
+    assert 'UserWarning' not in r.stdout + r.stderr
 
 
 def test_test_against_items(files):
@@ -149,6 +159,9 @@ BAD = [
     ('missing parameter file', lambda f: [f['train'], '-pf', 'nope.py'], 'Parameter file not found'),
     ('parameter file without params', lambda f: [f['train'], '-pf', f['empty_pf']], 'does not define the dict gru4rec_params'),
     ('load with save', lambda f: [f['train'], '-l', '-s', 'out.gru4rec'], 'cannot be used with --load_model'),
+    ('load with original rng', lambda f: [f['good_model'], '-l', '-t', f['test'], '--original_rng'],
+     '--original_rng and --seed are for training'),
+    ('load with seed', lambda f: [f['good_model'], '-l', '-t', f['test'], '--seed', 3], 'are for training'),
     ('resume without folder', lambda f: [f['train'], '-ps', TINY, '--resume'], '--resume needs --checkpoint_dir'),
     ('truncated model', lambda f: [f['truncated_model'], '-l', '-t', f['test']], 'truncated'),
     ('incompatible model version', lambda f: [f['future_model'], '-l', '-t', f['test']], 'model format version 99'),

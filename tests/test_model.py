@@ -506,3 +506,16 @@ def test_epoch_line_comes_after_its_checkpoint_and_step_logs_are_per_fit(tmp_pat
     assert len(m.step_costs_) == sum(e['steps'] for e in m.epoch_stats_)
     m.fit(generated_sessions(n_sessions=40))
     assert not hasattr(m, 'step_costs_') and not hasattr(m, 'step_sizes_')
+
+
+def test_original_rng_with_dropout_warns():
+    """rng='original' cannot reproduce Theano's dropout masks: fit says so (GRU4RecWarning), and only then."""
+    import warnings
+    from gru4rec import GRU4RecWarning
+    df = pd.DataFrame({'SessionId': np.repeat(np.arange(12), 3), 'ItemId': np.arange(36) % 7, 'Time': np.arange(36)})
+    kw = dict(layers=[4], n_epochs=1, batch_size=4, n_sample=4, backend='python', rng='original')
+    with pytest.warns(GRU4RecWarning, match='dropout masks'):
+        GRU4Rec(dropout_p_embed=0.1, **kw).fit(df, store_type='cpu')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', GRU4RecWarning)
+        GRU4Rec(**kw).fit(df, store_type='cpu')
