@@ -20,6 +20,11 @@ GRU4Rec follows scikit-learn's conventions: the constructor stores its arguments
 set_params check them, and what fit learns has a trailing underscore (weights_, itemidmap_, n_items_,
 item_support_, epoch_stats_, error_during_train_; the names without underscore are read-only aliases).
 """
+if __name__ == '__main__':   # `python -m gru4rec` in a checkout: the command line (before numerics are imported)
+    import sys
+    import run
+    sys.exit(run.main())
+
 from collections import OrderedDict
 
 import numpy as np

@@ -329,6 +329,25 @@ def test_command_line_modules_import_no_numerics_before_configuring(tmp_path):
     assert before == [] and not jax_after and name == 'GRU4Rec'
 
 
+@pytest.mark.parametrize('where', ['checkout', 'installed'])
+def test_python_dash_m_gru4rec_is_the_command_line(files, tmp_path, where):
+    """`python -m gru4rec` trains and evaluates like run.py, in the checkout (the module gru4rec.py) and with the
+    installed package (its __main__), and reaches the subcommands."""
+    if where == 'installed':
+        probe = subprocess.run([sys.executable, '-c', 'import gru4rec; print(hasattr(gru4rec, "__path__"))'],
+                               capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        if probe.stdout.strip() != 'True':
+            pytest.skip('gru4rec is not installed as a package here (pip install -e .)')
+    cwd = ROOT if where == 'checkout' else tmp_path
+    r = subprocess.run([sys.executable, '-m', 'gru4rec', str(files['train']), '-ps', TINY, '-t', str(files['test']),
+                        '--backend', 'python'], capture_output=True, text=True, cwd=cwd, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r'Recall@20: [0-9.]+ MRR@20: [0-9.]+', r.stdout)
+    r = subprocess.run([sys.executable, '-m', 'gru4rec', 'recommend', '--help'], capture_output=True, text=True,
+                       cwd=cwd, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith('usage: gru4rec recommend'), r.stdout + r.stderr
+
+
 def test_gpu_device_without_a_gpu_is_one_error_line(tmp_path):
     """-d cuda where JAX sees no GPU: one ERROR line saying so and how to install the GPU extra, exit code 2,
     before the training data are read (it used to train on the CPU without a word)."""
