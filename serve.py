@@ -325,6 +325,8 @@ def build_parser():
     p.add_argument('--max_body', type=int, default=1 << 16, help='largest request body in bytes (default: 65536)')
     p.add_argument('--max_pending', type=int, default=10000, help='most clicks waiting for a step (default: 10000; 503 beyond)')
     p.add_argument('--graceful_timeout', type=float, default=30.0, help='seconds to let requests finish on SIGTERM (default: 30)')
+    p.add_argument('--http', default='auto', choices=['auto', 'httptools', 'h11'],
+                   help="HTTP parser (default: auto = httptools if installed, as with the [serve] extra, else h11)")
     p.add_argument('--log_level', default='warning', choices=['critical', 'error', 'warning', 'info', 'debug'])
     p.add_argument('-d', '--device', default=None, help='cpu or cuda[:N] (default: from the flags file, else cpu)')
     p.add_argument('--backend', choices=['numba', 'jax', 'python'], default=None, help='numba (CPU), jax (GPU or CPU), python')
@@ -391,7 +393,7 @@ def _main(argv):
     print(f'Serving {args.model} ({model.n_items} items) on http://{host}:{port} '
           f'(micro-batching {"off" if args.no_batching else f"{args.batch_window_ms:g} ms / {args.max_batch}"}); '
           f'docs at /docs, OpenAPI at /openapi.json', flush=True)
-    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=args.graceful_timeout,
+    config = uvicorn.Config(app, http=args.http, log_level=args.log_level, timeout_graceful_shutdown=args.graceful_timeout,
                             access_log=False, lifespan='on')
     server = uvicorn.Server(config)
     # uvicorn handles SIGTERM (graceful shutdown), then re-raises it to the handler found before it started:

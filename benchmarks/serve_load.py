@@ -186,6 +186,7 @@ def main(argv=None):
     p.add_argument('--max_batch', type=int, default=64)
     p.add_argument('--server_core', type=int, default=0)
     p.add_argument('--client_core', type=int, default=1)
+    p.add_argument('--http', default='auto', choices=['auto', 'httptools', 'h11'], help="the server's HTTP parser")
     p.add_argument('--backend', default='numba', choices=['numba', 'jax', 'python'])
     args = p.parse_args(argv)
     if args.duration <= 0 or args.duration > 60:
@@ -199,6 +200,7 @@ def main(argv=None):
     ids = np.asarray(GRU4Rec.loadmodel(model_path, backend='python').itemidmap.index)
     clicks = Clicks(ids, args.sessions, args.k)
     modes = [('on', ['--batch_window_ms', str(args.window_ms), '--max_batch', str(args.max_batch)]), ('off', ['--no_batching'])]
+    modes = [(name, flags + ['--http', args.http]) for name, flags in modes]
     rows = []
     for mode, flags in modes:
         proc, port = start_server(model_path, flags, args.server_core if pinned else None, args.backend)
@@ -224,7 +226,7 @@ def main(argv=None):
     print(f'model: {len(ids)} items, 100 units, cross-entropy/softmax, backend={args.backend}; k={args.k}; '
           f'server pinned to core {args.server_core}, load generator to core {args.client_core}' if pinned else
           'not pinned (needs 2 cores and sched_setaffinity)')
-    print(f'micro-batching on: window {args.window_ms:g} ms, max batch {args.max_batch}; off: one GRU step per click; '
+    print(f'HTTP parser: {args.http}; micro-batching on: window {args.window_ms:g} ms, max batch {args.max_batch}; off: one GRU step per click; '
           f'{args.duration:g} s per scenario' + (f'; model built in {built:.0f} s' if built else ''))
     print(live_common.table(['batching', 'load', 'requests', 'req/s', 'p50 ms', 'p95 ms', 'p99 ms', 'clicks/step',
                              'errors'], rows))
