@@ -245,7 +245,7 @@ def _top_k_by_blocks(s, k):
     block_max = np.maximum.reduceat(s, bounds, axis=1)
     nb = block_max.shape[1]
     thr = np.partition(block_max, nb - k, axis=1)[:, nb - k]
-    r, c = np.nonzero(s >= thr[:, None])
+    r, c = np.divmod(np.flatnonzero(s >= thr[:, None]), n)   # (2-D np.nonzero is ~10x slower on wide rows)
     vals = s[r, c]
     order = np.lexsort((c, -vals, r))
     r, c, vals = r[order], c[order], vals[order]
