@@ -76,27 +76,39 @@ def remove_folders(created):
 
 def write_or_fallback(path, what, write):
     """write(path); if that fails with an OSError (or an error caused by one: the folder removed meanwhile, a
-    full disk, no permission), write(fallback) instead, where fallback is a new file in the system temp folder
-    (tempfile.gettempdir()) with the same extension. Returns None on success, else the text of the ERROR line,
-    which names the fallback file (or says that it could not be written either)."""
+    full disk, no permission), write_fallback instead. Returns None on success, else the text of the ERROR
+    line, which names the fallback file (or says that it could not be written either)."""
     try:
         write(path)
         return None
     except Exception as e:
-        cause = e if isinstance(e, OSError) else e.__cause__
-        if not isinstance(cause, OSError):
+        reason = write_failure(e)
+        if reason is None:
             raise
-        reason = cause.strerror or str(cause)
-    stem, ext = os.path.splitext(os.path.basename(os.fspath(path)))
+    fallback, failure = write_fallback(path, write)
+    return f'Cannot write {what} to {path} ({reason}); ' + (failure or f'it was saved to {fallback} instead')
+
+
+def write_failure(error):
+    """The reason of a failed write if `error` is an OSError or was raised from one (as savemodel's
+    GRU4RecError), else None."""
+    cause = error if isinstance(error, OSError) else error.__cause__
+    return (cause.strerror or str(cause)) if isinstance(cause, OSError) else None
+
+
+def write_fallback(name, write):
+    """write(fallback), a new file in the system temp folder (tempfile.gettempdir()) named after `name`, with
+    its extension. Returns (fallback, None), or (None, what failed) if that cannot be written either."""
+    stem, ext = os.path.splitext(os.path.basename(os.fspath(name)))
     try:
         fd, fallback = tempfile.mkstemp(prefix=f'gru4rec-{stem}-', suffix=ext)   # a unique name, replaced by write
         os.close(fd)
     except OSError as e:
-        return f'Cannot write {what} to {path} ({reason}), nor to the temp folder {tempfile.gettempdir()} ({e.strerror or e})'
+        return None, f'the temp folder {tempfile.gettempdir()} cannot be written either ({e.strerror or e})'
     try:
         write(fallback)
     except Exception as e:
         if os.path.exists(fallback):
             os.unlink(fallback)
-        return f'Cannot write {what} to {path} ({reason}), nor to {fallback} ({e})'
-    return f'Cannot write {what} to {path} ({reason}); it was saved to {fallback} instead'
+        return None, f'{fallback} cannot be written either ({e})'
+    return fallback, None

@@ -172,6 +172,9 @@ def _run(args, own, mod, evaluation):
         if tests is None:
             tests = cli.load_test_files(args.test, keys, set(gru.itemidmap_.index))
         evaluate_tests(args, gru, tests, items, keys, evaluation, record)
+    except TrainingStopped as e:
+        cli.report_error(str(e))
+        return cli.EXIT_TRAINING_FAILED
     except BaseException:
         _outputs.remove_folders(created)   # those still empty: a run stopped by bad input leaves nothing behind
         raise
@@ -244,8 +247,14 @@ def train_model(args, own, mod, keys_cli, record, created, failed):
         print('WARNING! The sample store is set to be on the CPU. This will make training significantly slower on the GPU.')
     print('Started training')
     t0 = time.time()
-    gru.fit(data, sample_store=args.sample_store_size, store_type=store_type,
-            checkpoint_dir=args.checkpoint_dir, resume=args.resume, chunk=args.chunk)
+    try:
+        gru.fit(data, sample_store=args.sample_store_size, store_type=store_type,
+                checkpoint_dir=args.checkpoint_dir, resume=args.resume, chunk=args.chunk)
+    except Exception as e:   # a checkpoint that cannot be written (folder removed, disk full) stops training
+        reason = _outputs.write_failure(e)
+        if reason is None or not getattr(gru, 'epoch_stats_', None):
+            raise
+        raise TrainingStopped(keep_trained(args, gru, reason)) from None
     if gru.error_during_train_:
         kept = ' (the checkpoint of the last finished epoch is kept)' if args.checkpoint_dir else ''
         print(f'ERROR. Training stopped: the loss became NaN in epoch {gru.error_epoch_}, step {gru.error_step_}. '
@@ -261,6 +270,22 @@ def train_model(args, own, mod, keys_cli, record, created, failed):
         print(f'Saving trained model to: {args.save_model}')
         write_output(args.save_model, 'the model', gru.savemodel, failed)
     return gru, tests
+
+
+class TrainingStopped(Exception):
+    """Training stopped after some epochs, what they trained is kept: the ERROR line, exit code 1."""
+
+
+def keep_trained(args, gru, reason):
+    """The ERROR line when a checkpoint write stopped training: the model of the epochs trained so far goes to
+    -s, or, if that fails or -s is not given, to a fallback file in the temp folder."""
+    head = (f'Cannot write the checkpoint in {args.checkpoint_dir} ({reason}): training stopped after epoch '
+            f'{len(gru.epoch_stats_)}; ')
+    if args.save_model is not None:
+        line = _outputs.write_or_fallback(args.save_model, 'its model', gru.savemodel)
+        return head + (line[0].lower() + line[1:] if line else f'its model was saved to {args.save_model}')
+    fallback, failure = _outputs.write_fallback('model.gru4rec', gru.savemodel)
+    return head + (failure or f'its model was saved to {fallback}')
 
 
 def candidate_items(args, gru):

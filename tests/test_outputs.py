@@ -10,6 +10,7 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
 import pytest
 
 from test_cli import ROOT, TINY, make_sessions, run
@@ -121,6 +122,36 @@ def test_failed_writes_after_training_go_to_the_temp_folder(files, tmp_path):
     assert record['command'] == [str(a) for a in argv]
     recalls = re.findall(r'^Recall@.*$', out, re.M)
     assert recalls and re.findall(r'^Recall@.*$', run(model, '-l', '-t', files['test']).stdout, re.M) == recalls
+
+
+def test_a_failed_checkpoint_stops_training_and_keeps_the_model(files, tmp_path):
+    """The checkpoint folder is replaced by a file after epoch 1: the checkpoint of epoch 2 fails, training
+    stops with one ERROR line (exit 1, no evaluation) and -s holds the model of epoch 2, the same as a run of
+    2 epochs (the python backend is deterministic for a seed)."""
+    from gru4rec import GRU4Rec
+    train = make_sessions(tmp_path / 'train.tsv', n_sessions=1000, n_items=50)   # epochs of ~1 s: time to act
+    params = TINY.replace('n_epochs=1', 'n_epochs=3')
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTENSOR_FLAGS', 'THEANO_FLAGS')}
+    proc = subprocess.Popen([sys.executable, '-u', os.path.join(ROOT, 'run.py'), train, '-ps', params, '-ss', '1000',
+                             '--checkpoint_dir', 'ck', '-s', 'm.gru4rec', '-t', files['test'], '--backend', 'python'],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith('Epoch1 -->'):   # written after epoch 1's checkpoint
+            shutil.rmtree(tmp_path / 'ck')
+            (tmp_path / 'ck').write_text('now a file')
+    err = proc.stderr.read()
+    assert proc.wait() == 1, err
+    out = ''.join(out)
+    assert 'Traceback' not in out + err and 'Epoch2' not in out and 'Recall@' not in out
+    assert err.strip() == ('ERROR. Cannot write the checkpoint in ck (Not a directory): training stopped after '
+                           'epoch 2; its model was saved to m.gru4rec')
+    r = run(train, '-ps', params.replace('n_epochs=3', 'n_epochs=2'), '-ss', 1000, '-s', 'two.gru4rec', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    kept, two = GRU4Rec.loadmodel(tmp_path / 'm.gru4rec'), GRU4Rec.loadmodel(tmp_path / 'two.gru4rec')
+    for name, w in two.get_weights().items():
+        assert np.array_equal(kept.get_weights()[name], w), name
 
 
 def test_metrics_command_is_the_argv_given_to_main(files, tmp_path):
