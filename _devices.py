@@ -68,16 +68,20 @@ def jax_device(device):
 def available_memory(accelerator=False, device=None):
     """Bytes available to a new allocation: free memory of the JAX GPU that the JAX backend will use (device
     as in parse_device; None = JAX's default device) if accelerator is set and that is a GPU, else this
-    machine's available RAM (Linux MemAvailable); None if unknown."""
+    machine's available RAM (Linux MemAvailable); None if unknown. A device that fails (ValueError from
+    jax_device: JAX does not see it; JAX's RuntimeError) is raised, not hidden behind the host's memory."""
     if accelerator:
         try:
             import jax
-            dev = jax.devices()[0] if device is None else jax_device(device)
-            if dev.platform == 'gpu':
+        except ImportError:   # no JAX: nothing runs on a GPU
+            jax = None
+        dev = None if jax is None else jax.devices()[0] if device is None else jax_device(device)
+        if dev is not None and dev.platform == 'gpu':
+            try:
                 stats = dev.memory_stats()
                 return int(stats['bytes_limit'] - stats['bytes_in_use'])
-        except Exception:   # no JAX, no GPU or no statistics: fall back to the host memory
-            pass
+            except (TypeError, KeyError, NotImplementedError):   # no statistics: fall back to the host memory
+                pass
     try:
         with open('/proc/meminfo') as f:
             for line in f:

@@ -22,12 +22,25 @@ CHECKPOINT_NAME = 'checkpoint.gru4rec'
 GRU4RecError = _params.GRU4RecError
 
 
+def new_file_mode():
+    """The mode open() gives a new file: 0o666 less the umask (read from /proc, else by setting it and back)."""
+    try:
+        with open('/proc/self/status') as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith('Umask:'))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o22)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(fname, write):
-    """Write through a temporary file in the target folder, then rename: the target is never half-written."""
+    """Write through a temporary file in the target folder, then rename: the target is never half-written.
+    The file gets the mode of a newly created file (new_file_mode), not the temporary file's 0o600."""
     folder = os.path.dirname(os.path.abspath(fname))
     fd, tmp = tempfile.mkstemp(prefix='.tmp-', dir=folder)
     try:
         with os.fdopen(fd, 'wb') as f:
+            os.fchmod(f.fileno(), new_file_mode())
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -87,6 +100,8 @@ def read_model(fname):
             f.seek(0)
             if magic == b'PK\x03\x04':
                 state = read_safe_model(f, fname)
+            elif magic[:1] != b'\x80':   # pickles of protocol 2 and up (ours, the original's) start so
+                raise GRU4RecError(f'{fname} is not a GRU4Rec model file (neither the safe format nor a pickle)')
             else:
                 print('Loading a pickled model: pickles from untrusted sources can run code. This loader '
                       'accepts plain data only; prefer the safe format (e.g. -s model.gru4rec).')
@@ -96,7 +111,7 @@ def read_model(fname):
     except GRU4RecError:
         raise
     except Exception as e:
-        raise GRU4RecError(f'{fname} is not a GRU4Rec model file (or it is truncated): {type(e).__name__}') from None
+        raise GRU4RecError(f'{fname} is not a GRU4Rec model file (or it is truncated): {type(e).__name__}: {e}') from None
     if not isinstance(state, dict) or state.get('format') != MODEL_FORMAT:
         raise GRU4RecError(f'{fname} is not a GRU4Rec model file of this implementation')
     if state.get('version') != MODEL_VERSION:

@@ -373,10 +373,14 @@ class GRU4Rec:
         file at `fname`). The format follows the extension: `.pickle`/`.pkl` write a pickle of plain data
         (compatibility); anything else (e.g. `model.gru4rec`) writes the safe format: a zip of arrays with a
         JSON header, which loads without unpickling anything. The device is not saved: it is the loading
-        machine's choice."""
+        machine's choice. A missing folder is not created: that, like any failed write, is a GRU4RecError
+        (caused by the OSError)."""
         self.check_trained()
-        _files.write_model(fname, _files.saved_params(self._checked_params()), self.itemidmap_.index,
-                           self.item_support_, self.get_weights)
+        try:
+            _files.write_model(fname, _files.saved_params(self._checked_params()), self.itemidmap_.index,
+                               self.item_support_, self.get_weights)
+        except OSError as e:
+            raise GRU4RecError(f'Cannot write the model file {fname}: {e.strerror or e}') from e
 
     @classmethod
     def loadmodel(cls, fname, backend=None, device=None):

@@ -19,8 +19,9 @@ import time
 from collections import OrderedDict
 
 if __package__:
-    from . import cli
+    from . import _outputs, cli
 else:
+    import _outputs
     import cli
 
 # Names that lived here before cli.py held what run.py and paropt.py share (scripts import them from here).
@@ -105,6 +106,16 @@ def parse_args(argv):
         raise cli.InputError(f'Cut-offs (-m) must be positive integers, got {args.measure}')
     if args.sample_store_size < 0:
         raise cli.InputError('The sample store size (-ss) must be >= 0')
+    args.command = ['gru4rec'] + list(argv)   # the metrics record's command: the argv given, not sys.argv
+    # every output path is checked now, before any data are read; its missing folders are made later
+    # (make_output_folders), once the parameters are checked too
+    args.new_folders = []   # (flag, missing folders)
+    for flag, path in (('-s/--save_model', args.save_model), ('--metrics_out', args.metrics_out), ('--plot', args.plot)):
+        if path is not None:
+            args.new_folders.append((flag, _outputs.check_output_path(path, flag)))
+    if args.checkpoint_dir is not None:
+        missing = _outputs.check_output_path(args.checkpoint_dir, '--checkpoint_dir', folder=True)
+        args.new_folders.append(('--checkpoint_dir', [] if args.resume else missing))   # resuming: fit checks it exists
     return args
 
 
@@ -149,29 +160,54 @@ def _main(argv):
 def _run(args, own, mod, evaluation):
     keys_cli = OrderedDict((k, v) for k, v in (('session_key', args.session_key), ('item_key', args.item_key),
                                                 ('time_key', args.time_key)) if v is not None)
-    record = {'schema': 'gru4rec-metrics/1', 'command': ['gru4rec'] + list(sys.argv[1:]), 'model_file': None,
+    record = {'schema': 'gru4rec-metrics/1', 'command': args.command, 'model_file': None,
               'training': None, 'evaluation': []}
-    if args.load_model:
-        gru, tests = load_model(args, own, mod, keys_cli, record), None
-    else:
-        gru, tests = train_model(args, own, mod, keys_cli, record)
-        if gru.error_during_train_:
-            return cli.EXIT_TRAINING_FAILED
-    items = candidate_items(args, gru)
-    keys = (gru.session_key, gru.item_key, gru.time_key)
-    if tests is None:
-        tests = cli.load_test_files(args.test, keys, set(gru.itemidmap_.index))
-    evaluate_tests(args, gru, tests, items, keys, evaluation, record)
+    created, failed = [], []   # folders made for the outputs; ERROR lines of outputs written to a fallback
+    try:
+        if args.load_model:
+            gru, tests = load_model(args, own, mod, keys_cli, record, created), None
+        else:
+            gru, tests = train_model(args, own, mod, keys_cli, record, created, failed)
+            if gru.error_during_train_:
+                _outputs.remove_folders(created)
+                return cli.EXIT_TRAINING_FAILED
+        items = candidate_items(args, gru)
+        keys = (gru.session_key, gru.item_key, gru.time_key)
+        if tests is None:
+            tests = cli.load_test_files(args.test, keys, set(gru.itemidmap_.index))
+        evaluate_tests(args, gru, tests, items, keys, evaluation, record)
+    except TrainingStopped as e:
+        cli.report_error(str(e))
+        return cli.EXIT_TRAINING_FAILED
+    except BaseException:
+        _outputs.remove_folders(created)   # those still empty: a run stopped by bad input leaves nothing behind
+        raise
     record['parameters'] = dict(gru.get_params())
-    if args.metrics_out:
-        write_metrics(args.metrics_out, record)
-    if args.plot:
-        plot_record(args.plot, record)
-    return 0
+    for path, what, write in ((args.metrics_out, 'the metrics', write_metrics), (args.plot, 'the plot', plot_record)):
+        if path:
+            write_output(path, what, lambda p, write=write: write(p, record), failed)
+    return cli.EXIT_TRAINING_FAILED if failed else 0
 
 
-def load_model(args, own, mod, keys_cli, record):
+def write_output(path, what, write, failed):
+    """write(path), or, if that fails, write to a fallback file in the temp folder (_outputs.write_or_fallback):
+    its ERROR line is printed at once and appended to `failed` (the run then exits with 1)."""
+    line = _outputs.write_or_fallback(path, what, write)
+    if line:
+        cli.report_error(line)
+        failed.append(line)
+
+
+def make_output_folders(args, created):
+    """Create the output paths' missing folders (found by parse_args), now that the arguments and parameters
+    are checked and before any data are read; `created` collects them for removal on a later bad-input stop."""
+    for flag, folders in args.new_folders:
+        created += _outputs.create_folders(folders, flag)
+
+
+def load_model(args, own, mod, keys_cli, record, created):
     """-l: the saved model at args.path, on the configured backend and device."""
+    make_output_folders(args, created)
     record['model_file'] = args.path
     print(f'Loading trained model from file: {args.path}')
     gru = mod.GRU4Rec.loadmodel(args.path, backend=own['backend'], device=own['model_device'])
@@ -183,10 +219,10 @@ def load_model(args, own, mod, keys_cli, record):
     return gru
 
 
-def train_model(args, own, mod, keys_cli, record):
+def train_model(args, own, mod, keys_cli, record, created, failed):
     """Create the model from -ps/-pf, read the training data and every test file (a bad one fails before
-    anything is written), train, save (-s). Returns (model, tests); a NaN stop is printed and leaves
-    error_during_train_ set, with nothing saved."""
+    anything is written), train, save (-s; to a fallback file, noted in `failed`, if that fails). Returns
+    (model, tests); a NaN stop is printed and leaves error_during_train_ set, with nothing saved."""
     if args.parameter_file:
         params = cli.load_parameter_file(args.parameter_file)
         print(f'Loaded parameters from file: {os.path.abspath(args.parameter_file)}')
@@ -203,6 +239,7 @@ def train_model(args, own, mod, keys_cli, record):
     gru.set_params(**params)
     cli.check_device(gru, own, mod.GRU4RecError)
     keys = (gru.session_key, gru.item_key, gru.time_key)
+    make_output_folders(args, created)
     print('Loading training data...')
     data, _ = cli.load_data(args.path, keys, 'training')
     tests = cli.load_test_files(args.test, keys, set(data[keys[1]].unique()))
@@ -214,8 +251,14 @@ def train_model(args, own, mod, keys_cli, record):
         print('WARNING! The sample store is set to be on the CPU. This will make training significantly slower on the GPU.')
     print('Started training')
     t0 = time.time()
-    gru.fit(data, sample_store=args.sample_store_size, store_type=store_type,
-            checkpoint_dir=args.checkpoint_dir, resume=args.resume, chunk=args.chunk)
+    try:
+        gru.fit(data, sample_store=args.sample_store_size, store_type=store_type,
+                checkpoint_dir=args.checkpoint_dir, resume=args.resume, chunk=args.chunk)
+    except Exception as e:   # a checkpoint that cannot be written (folder removed, disk full) stops training
+        reason = _outputs.write_failure(e)
+        if reason is None or not getattr(gru, 'epoch_stats_', None):
+            raise
+        raise TrainingStopped(keep_trained(args, gru, reason)) from None
     if gru.error_during_train_:
         kept = ' (the checkpoint of the last finished epoch is kept)' if args.checkpoint_dir else ''
         print(f'ERROR. Training stopped: the loss became NaN in epoch {gru.error_epoch_}, step {gru.error_step_}. '
@@ -229,8 +272,24 @@ def train_model(args, own, mod, keys_cli, record):
     del data
     if args.save_model is not None:
         print(f'Saving trained model to: {args.save_model}')
-        gru.savemodel(args.save_model)
+        write_output(args.save_model, 'the model', gru.savemodel, failed)
     return gru, tests
+
+
+class TrainingStopped(Exception):
+    """Training stopped after some epochs, what they trained is kept: the ERROR line, exit code 1."""
+
+
+def keep_trained(args, gru, reason):
+    """The ERROR line when a checkpoint write stopped training: the model of the epochs trained so far goes to
+    -s, or, if that fails or -s is not given, to a fallback file in the temp folder."""
+    head = (f'Cannot write the checkpoint in {args.checkpoint_dir} ({reason}): training stopped after epoch '
+            f'{len(gru.epoch_stats_)}; ')
+    if args.save_model is not None:
+        line = _outputs.write_or_fallback(args.save_model, 'its model', gru.savemodel)
+        return head + (line[0].lower() + line[1:] if line else f'its model was saved to {args.save_model}')
+    fallback, failure = _outputs.write_fallback('model.gru4rec', gru.savemodel)
+    return head + (failure or f'its model was saved to {fallback}')
 
 
 def candidate_items(args, gru):

@@ -168,6 +168,18 @@ BAD = [
     ('original Theano pickle', lambda f: [f['theano_model'], '-l', '-t', f['test']], 'original Theano GRU4Rec'),
     ('too few test items, loaded model', lambda f: [f['good_model'], '-l', '-t', f['test'], '--test_against_items', 2],
      "mustn't evaluate"),
+    # output paths are checked before the data are read (issue 18); -s cases are in test_outputs.py (this
+    # harness adds its own -s)
+    ('metrics into a file as folder', lambda f: [f['train'], '-ps', TINY, '--metrics_out', f['a_file'] / 'x' / 'm.json'],
+     'is a file, not a folder'),
+    ('plot without permission', lambda f: [f['train'], '-ps', TINY, '--plot', '/sys/gru4rec-plot.png'],
+     'cannot write in the folder /sys'),
+    ('metrics folder cannot be made', lambda f: [f['train'], '-ps', TINY, '--metrics_out', '/sys/gru4rec-x/m.json'],
+     'cannot create the folder /sys/gru4rec-x'),
+    ('checkpoint folder is a file', lambda f: [f['train'], '-ps', TINY, '--checkpoint_dir', f['a_file']],
+     'is a file, not a folder'),
+    ('checkpoint folder left by bad data', lambda f: [f['singletons'], '-ps', TINY, '--checkpoint_dir', 'ck/sub'],
+     'no session with at least 2 events'),
 ]
 
 
@@ -204,6 +216,8 @@ def bad_files(files):
     pd.DataFrame({'SessionId': [1, 2, 3], 'ItemId': ['a', 'b', 'c'], 'Time': [1, 2, 3]}).to_csv(out['singletons'], sep='\t', index=False)
     out['empty_pf'] = d / 'empty_params.py'
     out['empty_pf'].write_text('x = 1\n')
+    out['a_file'] = d / 'a_file.txt'
+    out['a_file'].write_text('a file where a folder is expected\n')
     # model files: a real one, cut short; one claiming a future format version; an original Theano pickle
     from gru4rec import GRU4Rec
     good = d / 'good.gru4rec'

@@ -16,6 +16,7 @@ writes OUT_DIR/rsc15_train_full.txt, rsc15_test.txt, rsc15_train_tr.txt, rsc15_t
 """
 import argparse
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -62,8 +63,20 @@ def main(argv=None):
     p.add_argument('clicks', help='yoochoose-clicks.dat')
     p.add_argument('out_dir')
     args = p.parse_args(argv)
-    os.makedirs(args.out_dir, exist_ok=True)
-    data = filter_supports(load_clicks(args.clicks))
+    # bad input is one ERROR line and exit 2, with nothing created: the output folder is made after reading
+    if not os.path.isfile(args.clicks):
+        return error(f'The clicks file does not exist or is not a file: {args.clicks}')
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        return error(f'The output folder is a file: {args.out_dir}')
+    try:
+        clicks = load_clicks(args.clicks)
+    except Exception as e:   # any reader or time-format error means: not a yoochoose-clicks file
+        return error(f'Cannot read the clicks file {args.clicks}: {type(e).__name__}: {e}')
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+    except OSError as e:
+        return error(f'Cannot create the output folder {args.out_dir}: {e.strerror or e}')
+    data = filter_supports(clicks)
     train, test = split_last_day(data)
     train_tr, valid = split_last_day(train)
     for name, frame, fname in (('Full train set', train, 'rsc15_train_full.txt'), ('Test set', test, 'rsc15_test.txt'),
@@ -71,7 +84,14 @@ def main(argv=None):
                                ('Validation set', valid, 'rsc15_train_valid.txt')):
         report(name, frame)
         frame.to_csv(os.path.join(args.out_dir, fname), sep='\t', index=False)
+    return 0
+
+
+def error(message):
+    """The command lines' convention for bad input: one 'ERROR.' line on stderr, exit code 2."""
+    print('ERROR. ' + ' '.join(str(message).split()), file=sys.stderr)
+    return 2
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
