@@ -98,7 +98,7 @@ def check_storage(value):
                          '(use a file, sqlite:///, postgresql:// or mysql://)') from None
     except ImportError as e:
         raise InputError(f'--storage {shown}: its database driver is not installed ({e}); for PostgreSQL: '
-                         'pip install psycopg2-binary, for MySQL: pip install pymysql') from None
+                         'pip install "psycopg[binary]", for MySQL: pip install pymysql') from None
     try:
         with engine.connect():
             pass
@@ -120,13 +120,16 @@ def open_storage(url, shown, heartbeat):
     missed beats. SQLite waits up to a minute for a lock held by another worker."""
     import optuna
     kwargs = {'connect_args': {'timeout': 60}} if url.startswith('sqlite') else {'pool_pre_ping': True}
-    try:
-        with warnings.catch_warnings():   # the heartbeat is 'experimental' in Optuna since 2.9
-            warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
-                                              grace_period=3 * heartbeat)
-    except Exception as e:
-        raise InputError(f'--storage {shown}: cannot open it as an Optuna storage: {first_line(e)}') from None
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():   # the heartbeat is 'experimental' in Optuna since 2.9
+                warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
+                                                  grace_period=3 * heartbeat)
+        except Exception as e:   # two workers creating the tables of a new database at once: one of them fails
+            error = e
+            time.sleep(0.2 + random.random())
+    raise InputError(f'--storage {shown}: cannot open it as an Optuna storage: {first_line(error)}') from None
 
 
 # --- what defines a study ----------------------------------------------------------------------------

@@ -351,6 +351,7 @@ def _search(args, mod, evaluation, argv):
     storage = _study.open_storage(args.storage_url, args.storage_shown, args.heartbeat)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2) if args.pruning else optuna.pruners.NopPruner()
     study, created = _study.open_study(storage, args.study_name, args.storage_shown, define, pruner)
+    _study.fail_stale(study)
     done, running = _study.counts(study)
     if not created:
         print(f'Continuing study "{args.study_name}" in {args.storage_shown}: {done} finished trials kept'

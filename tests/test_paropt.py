@@ -1,9 +1,11 @@
 """paropt.py: the parameter-space format, the written parameter file, pruning, and a study that survives
 SIGKILL and Ctrl-C and continues where it stopped. Trials use the fast-compiling 'python' backend."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections import OrderedDict
 
 import pytest
@@ -106,7 +108,7 @@ def test_study_survives_sigkill_and_ctrl_c_and_resumes(tmp_path):
     space = write(tmp_path / 'space.json', SPACE)
     storage, best = tmp_path / 'study.sqlite', tmp_path / 'best.py'
     args = [train, valid, '-opf', space, '-fp', FIXED, '-nt', 3, '-m', 5, '-fm', 5, 10,
-            '--storage', storage, '-o', best, '--study_name', 'tiny']
+            '--storage', storage, '-o', best, '--study_name', 'tiny', '--heartbeat', 1]
     # 1) killed hard during its second trial: the first finished trial is in the file, the best file written
     out, err, code = run_until(cli(*args), 'TRIAL 1:', signal.SIGKILL)
     assert code == -signal.SIGKILL, err
@@ -117,13 +119,13 @@ def test_study_survives_sigkill_and_ctrl_c_and_resumes(tmp_path):
     # 2) continued, then interrupted with Ctrl-C as its second trial starts: exit 130, two finished trials kept
     out, err, code = run_until(cli(*args), 'TRIAL 3:', signal.SIGINT)
     assert code == 130, err
-    assert 'Continuing study "tiny" in' in out and '1 finished trials kept, 1 interrupted trial(s) marked failed' in out
+    assert 'Continuing study "tiny" in' in out and '1 finished trials kept' in out
     assert 'Interrupted: 2 finished trial(s) are kept' in err
     # 3) continued to the end: exactly -nt finished trials, the best file is the best trial, and it trains via -pf
     proc = cli(*args)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    assert '2 finished trials kept' in out and 'Running 1 trial(s) to reach 3 finished trials' in out
+    assert '2 finished trials kept' in out and 'Running trials to reach 3 finished trials, 2 finished so far' in out
     study, done = finished_trials(storage, 'tiny')
     assert len(done) == 3
     top = max(done, key=lambda t: t.value)
@@ -135,8 +137,10 @@ def test_study_survives_sigkill_and_ctrl_c_and_resumes(tmp_path):
     recall5 = float(out.split('Recall@5: ')[1].split()[0])
     assert abs(recall5 - top.value) < 1e-6
     assert 'Recall@10: ' in out
+    # the SIGKILLed trial was failed by its stopped heartbeat, the Ctrl-C'd one at once
+    assert [t.state.name for t in study.trials].count('FAIL') == 2
     # 4) nothing left to do: a rerun (without a final run: -fm alone) trains nothing
-    proc = cli(*args[:-6], '-fm', '--storage', storage, '-o', best, '--study_name', 'tiny')
+    proc = cli(*args[:-8], '-fm', '--storage', storage, '-o', best, '--study_name', 'tiny')
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert 'nothing to run' in out and 'TRIAL' not in out.replace('BEST TRIAL', '')
@@ -194,3 +198,79 @@ def test_fixed_parameters_are_checked_before_any_trial(tmp_path):
         search_for(tmp_path, 'loss=bpr-max,layerz=8')
     with pytest.raises(run.InputError, match='Set both as fixed'):
         search_for(tmp_path, 'loss=bpr-max,momentum=0.1')
+
+
+# --- several workers on one study ---------------------------------------------------------------------
+
+@pytest.fixture(scope='session')
+def postgres_url():
+    """GRU4REC_TEST_POSTGRES (CI sets it: a server that is down is a failure), else a throwaway cluster of the
+    installed PostgreSQL; skipped only when neither exists."""
+    import sqlalchemy
+    import pg_server
+    url = os.environ.get('GRU4REC_TEST_POSTGRES')
+    if url:
+        try:
+            with sqlalchemy.create_engine(url).connect():
+                pass
+        except Exception as e:
+            pytest.fail(f'GRU4REC_TEST_POSTGRES={url} is set but the server cannot be reached: {e}')
+        yield url
+        return
+    if pg_server.bindir() is None:
+        pytest.skip('no PostgreSQL: GRU4REC_TEST_POSTGRES is unset and initdb/pg_ctl are not installed')
+    folder = tempfile.mkdtemp(prefix='gru4rec-pg-')   # not under pytest's root-only folders: the server's user reads it
+    try:
+        yield pg_server.start(folder)
+    finally:
+        pg_server.stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def storage_for(kind, tmp_path, request):
+    """A storage and a study name no other test uses (the PostgreSQL database is shared by the session)."""
+    name = f'{request.node.name}-{os.getpid()}'.replace('[', '-').replace(']', '')
+    if kind == 'sqlite':
+        return str(tmp_path / 'study.sqlite'), name
+    return request.getfixturevalue('postgres_url'), name
+
+
+def all_trials(storage, name):
+    url = storage if '://' in storage else f'sqlite:///{storage}'
+    return optuna.load_study(study_name=name, storage=url).trials
+
+
+@pytest.mark.parametrize('kind', ['sqlite', 'postgresql'])
+def test_two_workers_reach_exactly_the_budget(tmp_path, request, kind):
+    """Two worker processes on one study: exactly -nt finished trials, no parameter set twice, the best file
+    is the best finished trial, and the final run is made once. On SQLite the two are --n_workers 2 of one
+    command (the parent makes the final run); on PostgreSQL two separate commands, as on two machines (the
+    worker that finished the study's last trial makes it)."""
+    train = make_sessions(tmp_path / 'train.tsv', n_sessions=50)
+    valid = make_sessions(tmp_path / 'valid.tsv', n_sessions=20, seed=1)
+    storage, name = storage_for(kind, tmp_path, request)
+    best = tmp_path / 'best.py'
+    args = [train, valid, '-opf', write(tmp_path / 'space.json', SPACE), '-fp', FIXED.replace('n_epochs=2', 'n_epochs=1'),
+            '-nt', 5, '-m', 5, '-fm', 5, '--storage', storage, '-o', best, '--study_name', name, '--heartbeat', 1]
+    procs = [cli(*args, '--n_workers', 2)] if kind == 'sqlite' else [cli(*args), cli(*args)]
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        outs.append(out)
+    trials = all_trials(storage, name)
+    done = [t for t in trials if t.state.name in ('COMPLETE', 'PRUNED')]
+    assert len(done) == 5
+    assert all(t.state.name in ('COMPLETE', 'PRUNED', 'FAIL') for t in trials)
+    assert all(t.user_attrs.get('not_run') for t in trials if t.state.name == 'FAIL')   # only given-back trials failed
+    params = [tuple(sorted(t.params.items())) for t in done]
+    assert len(set(params)) == 5
+    top = max((t for t in done if t.state.name == 'COMPLETE'), key=lambda t: (t.value, -t.number))
+    written = run.load_parameter_file(str(best))
+    assert {k: written[k] for k in top.params} == paropt.clean(top.params)
+    assert f'(trial {top.number}, recall@5 = {top.value:.6f}' in best.read_text()
+    text = ''.join(outs)
+    assert text.count('Training the best parameters once more') == 1 and f'BEST TRIAL {top.number}:' in text
+    if kind == 'sqlite':   # each worker ran trials, its output marked
+        assert '[w0] TRIAL ' in text and '[w1] TRIAL ' in text
+        assert text.index('Training the best parameters once more') > max(text.rindex('[w0] '), text.rindex('[w1] '))
