@@ -381,8 +381,8 @@ def _search(args, mod, evaluation, argv):
     if args.worker is not None:
         return 0   # the parent reports and makes the final run
     if not already_done and last not in mine:
-        print(f'The study has its {args.ntrials} finished trials; the worker that finished the last one '
-              f'(trial {last}) makes the final run with the best parameters')
+        print(f'The study has its {args.ntrials} finished trials; the worker of its last one (trial {last}) '
+              'reports and makes the final run with the best parameters')
         return 0
     return _report(args, study)
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections import OrderedDict
 
 import pytest
@@ -274,3 +275,99 @@ def test_two_workers_reach_exactly_the_budget(tmp_path, request, kind):
     if kind == 'sqlite':   # each worker ran trials, its output marked
         assert '[w0] TRIAL ' in text and '[w1] TRIAL ' in text
         assert text.index('Training the best parameters once more') > max(text.rindex('[w0] '), text.rindex('[w1] '))
+
+
+# Bad input of paropt: exit 2, one ERROR line, no traceback, no file made or changed. A study made by
+# `made_study` (FIXED, SPACE, train/valid, recall@5) is continued with something changed, or an output is bad.
+BAD_PAROPT = [
+    ('changed fixed parameter', lambda f: ['-fp', FIXED.replace('n_epochs=2', 'n_epochs=3')], '-fp n_epochs: 2 -> 3'),
+    ('changed space', lambda f: ['-opf', f['space2']], '-opf momentum: float [0.0, 0.5] step=0.1 -> float [0.0, 0.9] step=0.1'),
+    ('changed training data', lambda f: ['--train', f['train2']], 'training data (PATH): other content'),
+    ('changed metric', lambda f: ['-pm', 'mrr'], 'metric (-pm/-m): recall@5 -> mrr@5'),
+    ('unknown database kind', lambda f: ['--storage', 'nosuchdb://u@localhost/x'], 'unknown database kind "nosuchdb"'),
+    ('unreachable database server', lambda f: ['--storage', 'postgresql://u:secret@127.0.0.1:1/x'],
+     '--storage postgresql://u:***@127.0.0.1:1/x: cannot connect'),
+    ('in-memory SQLite URL', lambda f: ['--storage', 'sqlite://'], 'an SQLite URL names a file'),
+    ('storage under a file', lambda f: ['--storage', f['file'] / 'x.sqlite'], 'is a file'),
+    ('storage not SQLite', lambda f: ['--storage', f['file']], 'is not an SQLite file'),
+    ('best file under a file', lambda f: ['-o', f['file'] / 'best.py'], 'cannot make its folder'),
+    ('best file is a folder', lambda f: ['-o', f['folder']], 'is a folder; give a file name'),
+]
+
+
+@pytest.fixture(scope='module')
+def made_study(tmp_path_factory):
+    d = tmp_path_factory.mktemp('made')
+    f = {'train': make_sessions(d / 'train.tsv', n_sessions=50), 'valid': make_sessions(d / 'valid.tsv', n_sessions=20, seed=1),
+         'space': write(d / 'space.json', SPACE), 'space2': write(d / 'space2.json', SPACE.replace('0.5]', '0.9]')),
+         'train2': make_sessions(d / 'train2.tsv', n_sessions=51), 'storage': d / 'study.sqlite'}
+    proc = cli(f['train'], f['valid'], '-opf', f['space'], '-fp', FIXED, '-nt', 1, '-m', 5, '-fm', '--storage', f['storage'],
+               '-o', d / 'best.py', '--study_name', 'made')
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return f
+
+
+@pytest.mark.parametrize('name,args,message', BAD_PAROPT, ids=[b[0] for b in BAD_PAROPT])
+def test_bad_paropt_input_is_one_error_line(made_study, tmp_path, name, args, message):
+    f = dict(made_study, file=tmp_path / 'a_file', folder=tmp_path / 'a_folder')
+    f['file'].write_text('not a database\n')
+    f['folder'].mkdir()
+    storage, best = tmp_path / 'study.sqlite', tmp_path / 'best.py'
+    shutil.copy(f['storage'], storage)
+    best.write_text('previous best file\n')
+    extra = args(f)
+    train = extra[extra.index('--train') + 1] if '--train' in extra else f['train']
+    extra = [a for i, a in enumerate(extra) if '--train' not in (a, extra[i - 1] if i else None)]
+    given = dict(zip(extra[::2], extra[1::2]))
+    argv = [train, f['valid'], '-opf', given.get('-opf', f['space']), '-fp', given.get('-fp', FIXED), '-nt', 2, '-m', 5, '-fm',
+            '--storage', given.get('--storage', storage), '-o', given.get('-o', best), '--study_name', 'made',
+            '-pm', given.get('-pm', 'recall')]
+    before = {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()}
+    proc = cli(*argv)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('ERROR. '), err
+    assert message in lines[0] and 'Traceback' not in out + err
+    assert {p: p.read_bytes() for p in tmp_path.rglob('*') if p.is_file()} == before   # nothing made or changed
+    assert 'TRIAL' not in out
+    if name.startswith('changed'):
+        assert 'start a new study (--study_name NAME or another --storage)' in lines[0]
+    if 'database' in name or 'storage' in name or 'best file' in name:   # checked before any data are read
+        assert 'Loading data' not in out
+
+
+def test_dead_workers_trial_fails_by_heartbeat_and_a_live_one_is_untouched(tmp_path):
+    """A worker SIGKILLed during its trial leaves it RUNNING; a worker started later fails it once its heartbeat
+    is 3 beats late, and leaves alone the running trial of another live worker (here the test itself, beating
+    for its trial through the same storage): it waits for that trial, which then completes normally."""
+    import _study
+    train = make_sessions(tmp_path / 'train.tsv', n_sessions=50)
+    valid = make_sessions(tmp_path / 'valid.tsv', n_sessions=20, seed=1)
+    storage = tmp_path / 'study.sqlite'
+    args = [train, valid, '-opf', write(tmp_path / 'space.json', SPACE), '-fp', FIXED, '-nt', 2, '-m', 5, '-fm',
+            '--storage', storage, '-o', tmp_path / 'best.py', '--study_name', 'hb', '--heartbeat', 1]
+    out, err, code = run_until(cli(*args), 'TRIAL 0:', signal.SIGKILL)
+    assert code == -signal.SIGKILL, err
+    store = _study.open_storage(f'sqlite:///{storage}', str(storage), 1)
+    study = optuna.load_study(study_name='hb', storage=store)
+    with warnings.catch_warnings():   # Optuna's: its heartbeat is meant for optimize (the Heartbeat beats here)
+        warnings.simplefilter('ignore')
+        live = study.ask()
+    with _study.Heartbeat(store, study, live):
+        proc = cli(*args)
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith('Waiting for 1 running trial(s)'):
+                break
+        states = {t.number: t.state.name for t in study.get_trials()}
+        assert states[0] == 'FAIL' and states[live.number] == 'RUNNING'
+        study.tell(live, -1.0)     # would raise if the other worker had failed it
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    out = ''.join(lines) + out
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ['FAIL', 'COMPLETE', 'COMPLETE'] and 'PRIMARY METRIC' in out
+    assert 'BEST TRIAL 2:' in out     # its trial has the study's highest number: this worker reports
