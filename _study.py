@@ -119,6 +119,7 @@ def open_storage(url, shown, heartbeat):
     """The study storage with a heartbeat every `heartbeat` seconds; a running trial is stale after three
     missed beats. SQLite waits up to a minute for a lock held by another worker."""
     import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)   # paropt prints its own lines
     kwargs = {'connect_args': {'timeout': 60}} if url.startswith('sqlite') else {'pool_pre_ping': True}
     for attempt in range(5):
         try:
@@ -135,8 +136,9 @@ def open_storage(url, shown, heartbeat):
 # --- what defines a study ----------------------------------------------------------------------------
 
 def fingerprint(path):
-    """Size and SHA-256 of a data file's bytes. The whole content is hashed (about 1 GB/s, faster than
-    pandas reads it): any edit changes it, a copy on another machine matches it."""
+    """Size and SHA-256 of a data file's bytes. The whole content is hashed (270 MB/s measured on a loaded
+    2-core VM, reading included: faster than pandas parses it): any edit changes it, a copy on another
+    machine matches it."""
     with open(path, 'rb') as f:
         digest = hashlib.file_digest(f, 'sha256').hexdigest()
     return {'bytes': os.path.getsize(path), 'sha256': digest}
