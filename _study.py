@@ -290,7 +290,8 @@ def run_trials(study, storage, objective, budget, sampler_for, after_trial, catc
             return mine
         if done + running >= budget:
             if waiting != (done, running):
-                print(f'Waiting for {running} running trial(s) of other workers ({done} of {budget} finished)', flush=True)
+                print(f'Waiting for {running} running trial(s) ({done} of {budget} finished; a trial of a stopped '
+                      'worker is failed once its heartbeat is 3 beats late)', flush=True)
                 waiting = (done, running)
             time.sleep(poll)
             continue

@@ -308,7 +308,10 @@ def _main(argv):
     if args.worker is not None:   # a worker of --n_workers: its cores, and Ctrl-C from the parent
         if not 0 <= args.worker < args.n_workers:
             raise InputError('--worker must be below --n_workers')
-        _workers.pin(args.worker, args.n_workers)
+        cores = _workers.pin(args.worker, args.n_workers)
+        if cores:
+            print(f'Worker {args.worker} of {args.n_workers}: cores {",".join(map(str, cores))}, '
+                  f'{len(cores)} BLAS/OpenMP/Numba thread(s)', flush=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     args.study_name = args.study_name or os.path.splitext(os.path.basename(args.optuna_parameter_file))[0]
     environ = dict(os.environ)

@@ -1,6 +1,7 @@
 """paropt.py: the parameter-space format, the written parameter file, pruning, and a study that survives
 SIGKILL and Ctrl-C and continues where it stopped. Trials use the fast-compiling 'python' backend."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -274,6 +275,9 @@ def test_two_workers_reach_exactly_the_budget(tmp_path, request, kind):
     assert text.count('Training the best parameters once more') == 1 and f'BEST TRIAL {top.number}:' in text
     if kind == 'sqlite':   # each worker ran trials, its output marked
         assert '[w0] TRIAL ' in text and '[w1] TRIAL ' in text
+        cores = [set(re.search(rf'^\[w{i}\] Worker {i} of 2: cores ([\d,]+), (\d+) BLAS', text, re.M).group(1).split(','))
+                 for i in range(2)]
+        assert cores[0] and cores[1] and (len(os.sched_getaffinity(0)) < 2 or not cores[0] & cores[1])
         assert text.index('Training the best parameters once more') > max(text.rindex('[w0] '), text.rindex('[w1] '))
 
 
@@ -371,3 +375,28 @@ def test_dead_workers_trial_fails_by_heartbeat_and_a_live_one_is_untouched(tmp_p
     states = [t.state.name for t in study.get_trials()]
     assert states == ['FAIL', 'COMPLETE', 'COMPLETE'] and 'PRIMARY METRIC' in out
     assert 'BEST TRIAL 2:' in out     # its trial has the study's highest number: this worker reports
+
+
+@pytest.mark.parametrize('sig, code', [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_n_workers_parent_forwards_ctrl_c_and_sigterm(tmp_path, sig, code):
+    """A signal to the --n_workers parent stops every worker like Ctrl-C: their running trials are failed at
+    once (not left RUNNING), the finished ones kept; the parent ends with one line and 130 / 143."""
+    train = make_sessions(tmp_path / 'train.tsv', n_sessions=50)
+    valid = make_sessions(tmp_path / 'valid.tsv', n_sessions=20, seed=1)
+    storage = tmp_path / 'study.sqlite'
+    proc = cli(train, valid, '-opf', write(tmp_path / 'space.json', SPACE), '-fp', FIXED, '-nt', 20, '-m', 5,
+               '--storage', storage, '-o', tmp_path / 'best.py', '--study_name', 'sig', '--n_workers', 2)
+    lines, started = [], set()
+    for line in proc.stdout:   # both workers are in a trial (not still importing modules)
+        lines.append(line)
+        started |= {line[:4]} if re.match(r'\[w\d\] TRIAL \d+:', line) else set()
+        if len(started) == 2:
+            proc.send_signal(sig)
+            break
+    out, err = proc.communicate(timeout=300)
+    out, rc = ''.join(lines) + out, proc.returncode
+    assert rc == code, err
+    assert 'Traceback' not in out + err
+    assert err.strip().splitlines()[-1].startswith('Interrupted: the workers stopped;')
+    states = [t.state.name for t in all_trials(str(storage), 'sig')]
+    assert 'RUNNING' not in states and states.count('COMPLETE') + states.count('PRUNED') < 20
