@@ -92,7 +92,8 @@ def check_storage(value):
         raise InputError(f'--storage {value}: not a database URL (kind://user:password@host:port/database)') from None
     shown = parsed.render_as_string(hide_password=True)
     try:
-        engine = sqlalchemy.create_engine(parsed, connect_args={'connect_timeout': 10})
+        timeout = {'connect_timeout': 10} if parsed.get_backend_name() in ('postgresql', 'mysql', 'mariadb') else {}
+        engine = sqlalchemy.create_engine(parsed, connect_args=timeout)
     except sqlalchemy.exc.NoSuchModuleError:
         raise InputError(f'--storage {shown}: unknown database kind "{parsed.drivername}" '
                          '(use a file, sqlite:///, postgresql:// or mysql://)') from None
@@ -226,10 +227,18 @@ def open_study(storage, name, shown, define, pruner):
 
 # --- sharing the budget ------------------------------------------------------------------------------
 
-def counts(study):
+def stored_trials(study, storage, states):
+    """The study's trials in these states, read from the database itself: the study's own trial cache skips
+    a trial stored with a lower ID after a higher one has finished (possible when PostgreSQL commits two
+    workers' new trials out of order), and the budget must see every trial."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage.get_all_trials(study_id, deepcopy=False, states=states)
+
+
+def counts(study, storage):
     """(finished trials: complete or pruned, running trials) of the whole study, as stored now."""
     from optuna.trial import TrialState
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    trials = stored_trials(study, storage, (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
     running = sum(t.state == TrialState.RUNNING for t in trials)
     return len(trials) - running, running
 
@@ -285,7 +294,7 @@ def run_trials(study, storage, objective, budget, sampler_for, after_trial, catc
     mine, failures, waiting = [], 0, None
     while True:
         fail_stale(study)
-        done, running = counts(study)
+        done, running = counts(study, storage)
         if done >= budget:
             return mine
         if done + running >= budget:
@@ -301,7 +310,7 @@ def run_trials(study, storage, objective, budget, sampler_for, after_trial, catc
             trial = study.ask()
         study.sampler = sampler_for(trial.number)   # sampling happens at suggest_*, after this
         with Heartbeat(storage, study, trial):
-            done, running = counts(study)
+            done, running = counts(study, storage)
             if done + running > budget:   # another worker took the last slot at the same moment
                 trial.set_user_attr(NOT_RUN, True)
                 study.tell(trial, state=TrialState.FAIL)
@@ -332,10 +341,10 @@ def run_trials(study, storage, objective, budget, sampler_for, after_trial, catc
         after_trial(study)
 
 
-def last_finished(study):
+def last_finished(study, storage):
     """The number of the study's last finished trial (complete or pruned), or None."""
     from optuna.trial import TrialState
-    numbers = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))]
+    numbers = [t.number for t in stored_trials(study, storage, (TrialState.COMPLETE, TrialState.PRUNED))]
     return max(numbers, default=None)
 
 

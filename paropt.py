@@ -355,14 +355,14 @@ def _search(args, mod, evaluation, argv):
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2) if args.pruning else optuna.pruners.NopPruner()
     study, created = _study.open_study(storage, args.study_name, args.storage_shown, define, pruner)
     _study.fail_stale(study)
-    done, running = _study.counts(study)
+    done, running = _study.counts(study, storage)
     if not created:
         print(f'Continuing study "{args.study_name}" in {args.storage_shown}: {done} finished trials kept'
               + (f', {running} running (other workers, or stopped ones not yet recognised by their heartbeat)'
                  if running else ''))
     if args.n_workers > 1 and args.worker is None:
         del train, valid, search.train, search.valid
-        return _parent(args, study, search, argv)
+        return _parent(args, study, storage, search, argv)
     already_done = done >= args.ntrials
     best = write_best(study, search, args.output)
     if not already_done:
@@ -372,7 +372,7 @@ def _search(args, mod, evaluation, argv):
                                      lambda n: optuna.samplers.TPESampler(seed=args.seed + n),
                                      lambda study: write_best(study, search, args.output), catch=(TrialError,))
         except KeyboardInterrupt:
-            print(f'\nInterrupted: {_study.counts(study)[0]} finished trial(s) are kept in {args.storage_shown}; '
+            print(f'\nInterrupted: {_study.counts(study, storage)[0]} finished trial(s) are kept in {args.storage_shown}; '
                   'rerun the same command to continue.', file=sys.stderr)
             return 130
         best = write_best(study, search, args.output)
@@ -380,7 +380,7 @@ def _search(args, mod, evaluation, argv):
         print(f'The study already has {done} finished trials (-nt {args.ntrials}): nothing to run')
     if best is None:
         raise InputError(f'No trial completed in {args.storage_shown}: no best parameters to write')
-    last = _study.last_finished(study)
+    last = _study.last_finished(study, storage)
     if args.worker is not None:
         return 0   # the parent reports and makes the final run
     if not already_done and last not in mine:
@@ -390,12 +390,12 @@ def _search(args, mod, evaluation, argv):
     return _report(args, study)
 
 
-def _parent(args, study, search, argv):
+def _parent(args, study, storage, search, argv):
     """--n_workers K: run K workers of this command line and wait; then report and make the final run."""
     command = [sys.executable, '-m', f'{__package__}.paropt'] if __package__ else [sys.executable, os.path.abspath(__file__)]
     print(f'Starting {args.n_workers} workers (storage: {args.storage_shown})', flush=True)
     codes, sig, errors = _workers.run_workers(command + list(argv), args.n_workers)
-    done = _study.counts(study)[0]
+    done = _study.counts(study, storage)[0]
     if sig is not None:
         print(f'\nInterrupted: the workers stopped; {done} finished trial(s) are kept in {args.storage_shown}; '
               'rerun the same command to continue.', file=sys.stderr)
