@@ -400,3 +400,42 @@ def test_n_workers_parent_forwards_ctrl_c_and_sigterm(tmp_path, sig, code):
     assert err.strip().splitlines()[-1].startswith('Interrupted: the workers stopped;')
     states = [t.state.name for t in all_trials(str(storage), 'sig')]
     assert 'RUNNING' not in states and states.count('COMPLETE') + states.count('PRUNED') < 20
+
+
+def test_continue_accepts_defaults_spelled_out_and_adopts_an_old_study(made_study, tmp_path):
+    """A fixed value equal to the model's default is the same study. A study made before definitions were
+    stored adopts this command's definition, and its RUNNING trials (from a time without heartbeats, when one
+    process per storage was the rule) are failed as before."""
+    storage = tmp_path / 'study.sqlite'
+    shutil.copy(made_study['storage'], storage)
+    base = [made_study['train'], made_study['valid'], '-opf', made_study['space'], '-nt', 1, '-m', 5, '-fm',
+            '--storage', storage, '-o', tmp_path / 'best.py']
+    proc = cli(*base, '-fp', FIXED + ',dropout_p_hidden=0.0', '--study_name', 'made')
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert 'nothing to run' in out
+    old = optuna.create_study(study_name='old', storage=f'sqlite:///{storage}', direction='maximize')
+    trial = old.ask()
+    paropt.suggest(trial, paropt.read_parameter_space(made_study['space']))
+    old.tell(trial, 0.1)
+    old.ask()   # left running by a killed process of an older paropt
+    proc = cli(*base, '-fp', FIXED, '--study_name', 'old')
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert 'had no recorded definition' in out and 'its 1 interrupted trial(s) marked failed' in out
+    old = optuna.load_study(study_name='old', storage=f'sqlite:///{storage}')
+    assert [t.state.name for t in old.trials] == ['COMPLETE', 'FAIL'] and 'paropt_definition' in old.user_attrs
+    proc = cli(*base, '-fp', FIXED.replace('n_epochs=2', 'n_epochs=3'), '--study_name', 'old')
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and '-fp n_epochs: 2 -> 3' in err   # from now on it is checked
+
+
+def test_storage_values_and_core_shares():
+    import _study
+    import _workers
+    assert _study.parse_storage('a/b.sqlite') == (f'sqlite:///{os.path.abspath("a/b.sqlite")}', os.path.abspath('a/b.sqlite'))
+    assert _study.parse_storage('sqlite:///a.db') == (f'sqlite:///{os.path.abspath("a.db")}', os.path.abspath('a.db'))
+    assert _study.parse_storage('sqlite:////abs/a.db') == ('sqlite:////abs/a.db', '/abs/a.db')
+    assert _study.parse_storage('postgresql://u@h/db') == ('postgresql://u@h/db', None)
+    assert [_workers.share(i, 3, list(range(8))) for i in range(3)] == [[0, 1], [2, 3, 4], [5, 6, 7]]
+    assert [_workers.share(i, 3, [0, 1]) for i in range(3)] == [[0], [1], [0]]
