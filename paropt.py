@@ -11,6 +11,11 @@ interruption are kept. Whenever the best trial changes, its parameters are writt
 `run.py -pf` reads. At the end the best parameters are trained once more and evaluated at every -fm
 cut-off, as in the original.
 
+Several workers may share one study and its -nt budget: start paropt several times (on one machine or many)
+with the same --storage (an SQLite file, or a database URL such as postgresql://user@host/db), or use
+--n_workers K. A study records what defines it (fixed parameters, space, data files, metric) and cannot be
+continued with other ones.
+
 Parameter space file: one JSON object per line, e.g.
     {"name": "layers", "dtype": "int", "values": [64, 512], "step": 32}
     {"name": "learning_rate", "dtype": "float", "values": [0.01, 0.25], "log": true}
@@ -21,14 +26,15 @@ and log are optional (not both).
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections import OrderedDict
 
 if __package__:
-    from . import cli, run
+    from . import _study, _workers, cli, run
 else:
-    import cli, run  # noqa: E401
+    import _study, _workers, cli, run  # noqa: E401
 
 InputError = cli.InputError
 DTYPES = ('int', 'float', 'categorical')
@@ -163,6 +169,13 @@ class Search:
                 raise InputError(str(e)) from None
         return gru
 
+    def canonical_fixed(self):
+        """The fixed parameters as the model stores them, without those equal to the model's defaults."""
+        given = self.model(OrderedDict()).get_params()
+        default = self.mod.GRU4Rec(backend=self.args.own['backend'], device=self.args.own['model_device'],
+                                   seed=self.args.seed).get_params()
+        return OrderedDict((k, given[k]) for k in self.fixed if given[k] != default.get(k))
+
     def score(self, gru):
         keys = (gru.session_key, gru.item_key, gru.time_key)
         recall, mrr = self.evaluation.evaluate_gpu(gru, self.valid, session_key=keys[0], item_key=keys[1],
@@ -211,50 +224,31 @@ def _quiet(fn, *args, **kw):
         return fn(*args, **kw)
 
 
-def finished(study):
-    from optuna.trial import TrialState
-    return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-
-
-def open_study(args):
-    """Create or continue the study in the SQLite file; trials an interrupted run left running are failed."""
-    import optuna
-    from optuna.trial import TrialState
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    existed = os.path.isfile(args.storage)
-    storage = optuna.storages.RDBStorage(f'sqlite:///{os.path.abspath(args.storage)}')
-    n_before = 0
-    if existed:
-        try:
-            n_before = len(optuna.load_study(study_name=args.study_name, storage=storage).trials)
-        except KeyError:
-            pass
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2) if args.pruning else optuna.pruners.NopPruner()
-    # a new sampler seed per continuation, so a resumed study does not replay the first run's random draws
-    sampler = optuna.samplers.TPESampler(seed=args.seed + n_before)
-    study = optuna.create_study(study_name=args.study_name, storage=storage, direction='maximize',
-                                sampler=sampler, pruner=pruner, load_if_exists=True)
-    stale = [t for t in study.trials if t.state == TrialState.RUNNING]
-    for t in stale:
-        study.tell(t.number, state=TrialState.FAIL)
-    if existed:
-        print(f'Continuing study "{args.study_name}" in {args.storage}: {len(finished(study))} finished trials kept'
-              + (f', {len(stale)} interrupted trial(s) marked failed' if stale else ''))
-    return study
-
-
 def write_best(study, search, path):
-    """Write the fixed + best trial's parameters as a run.py -pf file (atomically)."""
-    best = study.best_trial
-    best_params = clean(best.params)
-    gru = search.model(best_params)
-    canonical = gru.get_params()
-    params = OrderedDict((k, canonical[k]) for k in list(search.fixed) + list(best_params))
-    comment = (f'Best GRU4Rec parameters of paropt study "{study.study_name}" (trial {best.number}, '
-               f'{search.args.primary_metric}@{search.args.measure} = {best.value:.6f} on the validation data).')
-    text = parameter_file_text(params, comment).encode('utf-8')
-    cli.sibling('_files').atomic_write(path, lambda f: f.write(text))
-    return params
+    """Write the fixed + the study's best trial's parameters as a run.py -pf file (atomically), unless the file
+    holds them already. The best is read inside a lock, so that of two workers of this machine the later one
+    writes the better trial. Returns the best trial's number, or None while no trial has completed."""
+    with _study.folder_lock(path):
+        try:
+            best = study.best_trial
+        except ValueError:  # no completed trial yet
+            return None
+        comment = (f'Best GRU4Rec parameters of paropt study "{study.study_name}" (trial {best.number}, '
+                   f'{search.args.primary_metric}@{search.args.measure} = {best.value:.6f} on the validation data).')
+        try:
+            with open(path) as f:
+                if f.readline().rstrip('\n') == '# ' + comment:
+                    return best.number
+        except OSError:
+            pass
+        best_params = clean(best.params)
+        canonical = search.model(best_params).get_params()
+        params = OrderedDict((k, canonical[k]) for k in list(search.fixed) + list(best_params))
+        text = parameter_file_text(params, comment).encode('utf-8')
+        cli.sibling('_files').atomic_write(path, lambda f: f.write(text))
+    print(f'New best: trial {best.number} ({search.args.primary_metric}@{search.args.measure} = {best.value:.6f}); '
+          f'parameters written to {path}', flush=True)
+    return best.number
 
 
 # --- command line ------------------------------------------------------------------------------------
@@ -276,8 +270,9 @@ def build_parser():
     p.add_argument('-ik', '--item_key', default=None)
     p.add_argument('-sk', '--session_key', default=None)
     p.add_argument('-tk', '--time_key', default=None)
-    p.add_argument('--storage', metavar='FILE.sqlite', default='paropt.sqlite',
-                   help='SQLite file of the study; rerun to continue it (default: paropt.sqlite)')
+    p.add_argument('--storage', metavar='FILE_OR_URL', default='paropt.sqlite',
+                   help='SQLite file of the study, or an Optuna storage URL (sqlite:///F, postgresql://..., '
+                        'mysql://...); rerun to continue it (default: paropt.sqlite)')
     p.add_argument('--study_name', default=None, help='study name in the storage (default: the parameter space file name)')
     p.add_argument('-o', '--output', metavar='PARAM_PATH', default='paropt_best.py',
                    help='parameter file of the best trial, for run.py -pf (default: paropt_best.py)')
@@ -287,6 +282,11 @@ def build_parser():
     p.add_argument('-d', '--device', default=None, help='cpu or cuda[:N]')
     p.add_argument('--backend', choices=['numba', 'jax', 'python'], default=None)
     p.add_argument('-g', '--gru4rec_model', default='gru4rec', help='module providing the GRU4Rec class')
+    p.add_argument('--n_workers', metavar='K', type=int, default=1,
+                   help='worker processes on this machine, each on its share of the cores (default: 1)')
+    p.add_argument('--heartbeat', metavar='SECONDS', type=int, default=10,
+                   help='a running trial beats this often; one silent for 3 beats is failed as its worker died (default: 10)')
+    p.add_argument('--worker', type=int, default=None, help=argparse.SUPPRESS)   # set by --n_workers in its workers
     return p
 
 
@@ -303,6 +303,16 @@ def _main(argv):
         raise InputError('-nt/--ntrials must be at least 1')
     if args.measure < 1 or any(c < 1 for c in args.final_measure):
         raise InputError('Cut-offs (-m, -fm) must be positive')
+    if args.n_workers < 1 or args.heartbeat < 1:
+        raise InputError('--n_workers and --heartbeat must be at least 1')
+    if args.worker is not None:   # a worker of --n_workers: its cores, and Ctrl-C from the parent
+        if not 0 <= args.worker < args.n_workers:
+            raise InputError('--worker must be below --n_workers')
+        cores = _workers.pin(args.worker, args.n_workers)
+        if cores:
+            print(f'Worker {args.worker} of {args.n_workers}: cores {",".join(map(str, cores))}, '
+                  f'{len(cores)} BLAS/OpenMP/Numba thread(s)', flush=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     args.study_name = args.study_name or os.path.splitext(os.path.basename(args.optuna_parameter_file))[0]
     environ = dict(os.environ)
     if args.theano_flags:
@@ -313,14 +323,17 @@ def _main(argv):
         import optuna  # noqa: F401
     except ImportError:
         raise InputError('paropt needs Optuna: pip install optuna (or the extra: pip install -e ".[tune]")') from None
+    # the outputs, before any data are read: a bad path or an unreachable database fails now
+    _study.check_output_path(args.output, '-o')
+    args.storage_url, args.storage_shown = _study.check_storage(args.storage)
     mod = cli.import_model_module(args.gru4rec_model)   # numpy, PyTensor (and JAX) are imported from here on
     try:
-        return _search(args, mod, cli.sibling('evaluation'))
+        return _search(args, mod, cli.sibling('evaluation'), argv)
     except mod.GRU4RecError as e:
         return cli.report_error(str(e))
 
 
-def _search(args, mod, evaluation):
+def _search(args, mod, evaluation, argv):
     import optuna
     probe = mod.GRU4Rec()
     keys = (args.session_key or probe.session_key, args.item_key or probe.item_key, args.time_key or probe.time_key)
@@ -332,39 +345,75 @@ def _search(args, mod, evaluation):
         args.fixed_parameters = ','.join(filter(None, [args.fixed_parameters, extra]))
     search = Search(args, mod, evaluation, train, valid)
     print_space(search.space)
-    study = open_study(args)
-    todo = args.ntrials - len(finished(study))
-    state = {'best': None}
-
-    def keep_best(study, trial):
+    define = _study.definition(search.canonical_fixed(), search.space, args.path, args.test_path,
+                               f'{args.primary_metric}@{args.measure}', args.eval_type, args.sample_store_size)
+    _study.make_folder(args.output, '-o')   # missing folders are made once the data have been read
+    sqlite_file = _study.parse_storage(args.storage)[1]
+    if sqlite_file:
+        _study.make_folder(sqlite_file, '--storage')
+    storage = _study.open_storage(args.storage_url, args.storage_shown, args.heartbeat)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2) if args.pruning else optuna.pruners.NopPruner()
+    study, created = _study.open_study(storage, args.study_name, args.storage_shown, define, pruner)
+    _study.fail_stale(study)
+    done, running = _study.counts(study, storage)
+    if not created:
+        print(f'Continuing study "{args.study_name}" in {args.storage_shown}: {done} finished trials kept'
+              + (f', {running} running (other workers, or stopped ones not yet recognised by their heartbeat)'
+                 if running else ''))
+    if args.n_workers > 1 and args.worker is None:
+        del train, valid, search.train, search.valid
+        return _parent(args, study, storage, search, argv)
+    already_done = done >= args.ntrials
+    best = write_best(study, search, args.output)
+    if not already_done:
+        print(f'Running trials to reach {args.ntrials} finished trials, {done} finished so far (storage: {args.storage_shown})', flush=True)
         try:
-            best = study.best_trial.number
-        except ValueError:  # no completed trial yet
-            return
-        if best != state['best']:
-            state['best'] = best
-            write_best(study, search, args.output)
-            print(f'New best: trial {best} ({args.primary_metric}@{args.measure} = {study.best_value:.6f}); '
-                  f'parameters written to {args.output}', flush=True)
-
-    keep_best(study, None)
-    if todo > 0:
-        print(f'Running {todo} trial(s) to reach {args.ntrials} finished trials (storage: {args.storage})')
-        try:
-            while len(finished(study)) < args.ntrials:  # failed trials do not count towards -nt
-                study.optimize(search.objective, n_trials=args.ntrials - len(finished(study)),
-                               catch=(TrialError,), callbacks=[keep_best])
-                if all(t.state == optuna.trial.TrialState.FAIL for t in study.trials[-5:]) and len(study.trials) >= 5:
-                    raise InputError('The last 5 trials failed; check the fixed parameters and the space '
-                                     f'(the failures are in {args.storage})')
+            mine = _study.run_trials(study, storage, search.objective, args.ntrials,
+                                     lambda n: optuna.samplers.TPESampler(seed=args.seed + n),
+                                     lambda study: write_best(study, search, args.output), catch=(TrialError,))
         except KeyboardInterrupt:
-            print(f'\nInterrupted: {len(finished(study))} finished trial(s) are kept in {args.storage}; '
+            print(f'\nInterrupted: {_study.counts(study, storage)[0]} finished trial(s) are kept in {args.storage_shown}; '
                   'rerun the same command to continue.', file=sys.stderr)
             return 130
+        best = write_best(study, search, args.output)
     else:
-        print(f'The study already has {len(finished(study))} finished trials (-nt {args.ntrials}): nothing to run')
-    if state['best'] is None:
-        raise InputError(f'No trial completed in {args.storage}: no best parameters to write')
+        print(f'The study already has {done} finished trials (-nt {args.ntrials}): nothing to run')
+    if best is None:
+        raise InputError(f'No trial completed in {args.storage_shown}: no best parameters to write')
+    last = _study.last_finished(study, storage)
+    if args.worker is not None:
+        return 0   # the parent reports and makes the final run
+    if not already_done and last not in mine:
+        print(f'The study has its {args.ntrials} finished trials; the worker of its last one (trial {last}) '
+              'reports and makes the final run with the best parameters')
+        return 0
+    return _report(args, study)
+
+
+def _parent(args, study, storage, search, argv):
+    """--n_workers K: run K workers of this command line and wait; then report and make the final run."""
+    command = [sys.executable, '-m', f'{__package__}.paropt'] if __package__ else [sys.executable, os.path.abspath(__file__)]
+    print(f'Starting {args.n_workers} workers (storage: {args.storage_shown})', flush=True)
+    codes, sig, errors = _workers.run_workers(command + list(argv), args.n_workers)
+    done = _study.counts(study, storage)[0]
+    if sig is not None:
+        print(f'\nInterrupted: the workers stopped; {done} finished trial(s) are kept in {args.storage_shown}; '
+              'rerun the same command to continue.', file=sys.stderr)
+        return 130 if sig == signal.SIGINT else 143
+    failed = [(i, code, errors[i]) for i, code in enumerate(codes) if code]
+    if failed:
+        i, code, error = failed[0]
+        if error:
+            cli.report_error(f'worker {i}: {error[len("ERROR. "):]}')
+        else:
+            print(f'Worker {i} ended with exit code {code}', file=sys.stderr)
+        return code if code > 0 else cli.EXIT_TRAINING_FAILED
+    write_best(study, search, args.output)
+    return _report(args, study)
+
+
+def _report(args, study):
+    """The best trial, and the final run of its parameters at every -fm cut-off."""
     best = study.best_trial
     print('-' * 80)
     print(f'BEST TRIAL {best.number}: {args.primary_metric}@{args.measure} = {best.value:.6f}')
