@@ -12,6 +12,7 @@ done in modules named after what they hold:
   _sampling.py  negative samplers, dropout and tie-break noise, the random streams of a run
   _training.py  fit's checks, memory estimate, compiled training step, the epoch loops
   _files.py     atomic writes, the safe model format, plain-data pickles, checkpoints
+  _checkpoint.py  a checkpoint checked whole before resuming; _item_ids.py  the one rule for item IDs
   _devices.py   device names, the device -> backend policy, free memory, thread counts
   evaluation.py recall/MRR: rank graphs, tie modes, candidate sets, evaluation loops
   custom_opt.py compile modes and rewrites; gpu_ops.py the custom Ops
@@ -191,7 +192,8 @@ class GRU4Rec:
 
         checkpoint_dir: if given, the full training state (weights, optimiser states, random streams, sample
         store) is saved there after every epoch, atomically. resume=True continues from that checkpoint
-        (same parameters and data required) and ends with the same model as an uninterrupted run.
+        (same parameters, data and sample-store rows required; checked whole before anything compiles, see
+        _checkpoint) and ends with the same model as an uninterrupted run.
 
         store_type: where the negative samples come from. 'cpu': a store of `sample_store` item indices
         drawn with numpy on the host, one row of n_sample per step, regenerated when used up (0 = draw every
