@@ -93,7 +93,7 @@ def check_data(saved, p, item_ids, fingerprint):
     theirs = theirs.astype(object) if header.get('item_id_kind') == 'str' else theirs
     mine = np.asarray(item_ids, dtype=object)
     if len(theirs) != len(mine) or not (theirs == mine).all():
-        first = next(i for i in range(min(len(theirs), len(mine))) if theirs[i] != mine[i]) if len(theirs) == len(mine) else 0
+        first = int(np.flatnonzero(theirs != mine)[0]) if len(theirs) == len(mine) else 0
         raise GRU4RecError(f'The checkpoint in {fname} was made with other item IDs (item {first}: '
                            f'{plain(theirs[first])} in the checkpoint, {plain(mine[first])} in these data)')
     shapes = _graph.weight_shapes(p, len(mine))

@@ -29,10 +29,11 @@ import pytensor
 import pytensor.tensor as pt
 
 if __package__:
-    from . import (_batches, _devices, _files, _graph, _item_ids, _optim, _params, _sampling, _training, custom_opt,
-                   evaluation)
+    from . import _batches, _devices, _files, _graph, _optim, _params, _sampling, _training, custom_opt, evaluation
+    from . import _item_ids
 else:
-    import _batches, _devices, _files, _graph, _item_ids, _optim, _params, _sampling, _training, custom_opt, evaluation  # noqa: E401,E501
+    import _batches, _devices, _files, _graph, _optim, _params, _sampling, _training, custom_opt, evaluation  # noqa: E401
+    import _item_ids
 
 # The names that gru4rec.py held when it was one module, re-exported from their homes (users and tests import them).
 GRU4RecError, DEFAULTS, DEFAULT_ADAPT_PARAMS, LOSSES, OPTIMISERS, RNGS = (

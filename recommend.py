@@ -142,7 +142,8 @@ class ModelAdapter:
         p = self.model.get_params()
         return {'n_items': self.n_items, 'layers': self.layers, 'loss': p['loss'], 'final_act': p['final_act'],
                 'embedding': p['embedding'], 'constrained_embedding': p['constrained_embedding'],
-                'backend': self.backend, 'item_id_type': {'int': 'number', 'float': 'number', 'str': 'string'}.get(self._id_kind, 'mixed'),
+                'backend': self.backend,
+                'item_id_type': {'int': 'number', 'float': 'number', 'str': 'string'}.get(self._id_kind, 'mixed'),
                 'keys': {'session': p['session_key'], 'item': p['item_key'], 'time': p['time_key']}}
 
 
