@@ -258,7 +258,8 @@ def load_test_files(paths, keys, train_items):
     if paths:
         import pandas as pd
         item_ids = sibling('_item_ids')
-        train_items = pd.Index(pd.unique(train_items))
+        train_items = pd.Index(pd.unique(pd.Series(list(train_items) if isinstance(train_items, (set, frozenset))
+                                                   else train_items)))
     for path in paths or []:
         test, message = load_data(path, keys, 'test', quiet=True)
         try:
