@@ -150,6 +150,11 @@ def test_parquet_int_training_with_text_test_file(tmp_path):
     assert len(metrics) == 2 and re.findall(r'^Recall@.*$', got.stdout, re.M) == metrics
     loaded = cli(tmp_path / 'm.gru4rec', '-l', '-t', tmp_path / 'test.tsv', '-m', 1, 5)
     assert loaded.returncode == 0 and re.findall(r'^Recall@.*$', loaded.stdout, re.M) == metrics
+    # gru4rec recommend: the text events file's IDs reach the model's integer items too
+    rec = cli('recommend', tmp_path / 'm.gru4rec', tmp_path / 'test.tsv', '-k', 3, '-o', tmp_path / 'out.csv')
+    assert rec.returncode == 0, rec.stderr
+    want = recommend_batch(GRU4Rec.loadmodel(tmp_path / 'm.gru4rec', backend='python'), test, k=3)
+    assert pd.read_csv(tmp_path / 'out.csv')['item'].tolist() == want['item'].tolist() and len(want) > 0
     test.assign(ItemId='x' + test.ItemId.astype(str)).to_csv(tmp_path / 'bad.tsv', sep='\t', index=False)
     bad = cli(tmp_path / 'm.gru4rec', '-l', '-t', tmp_path / 'bad.tsv')
     assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'Traceback' not in bad.stderr
