@@ -8,6 +8,7 @@ check_data(saved, p, item_ids, fingerprint)    what the data decide: the data's 
                                                shapes of weights, optimiser states and random streams
 restore(saved, weights, opt_states, streams)   the checked arrays into the run's variables (after compiling)
 """
+import zipfile
 from collections import namedtuple
 
 import numpy as np
@@ -18,7 +19,12 @@ else:
     import _files, _graph, _optim, _params  # noqa: E401
 
 GRU4RecError = _params.GRU4RecError
-Saved = namedtuple('Saved', 'fname header arrays')   # a checkpoint read whole: its JSON header and its arrays
+Saved = namedtuple('Saved', 'fname header arrays')   # a checkpoint read whole: its JSON header, its arrays
+# Large arrays (item matrices, their optimiser states, the sample store) are read and checked, then dropped for
+# a Checked (their shape, dtype and value range), so that resuming does not hold the whole file in memory while
+# training allocates its own arrays; restore() reads them again, one at a time.
+Checked = namedtuple('Checked', 'shape dtype lo hi')
+KEEP_BYTES = 1 << 20
 
 
 def read_for(fname, p, store_type, sample_store):
@@ -26,7 +32,8 @@ def read_for(fname, p, store_type, sample_store):
     parameters; store_type, sample_store: fit's). Returns a Saved for check_data and restore."""
     saved = read(fname)
     header, ckpt = saved.header, saved.header['checkpoint']
-    mine, theirs = dict(p.as_dict()), {**_params.DEFAULTS, **header.get('params', {})}   # keys added later: defaults
+    mine = dict(p.as_dict())
+    theirs = {**_params.DEFAULTS, **dict_part(header.get('params'), 'parameters', fname)}   # keys added later: defaults
     for runtime in ('backend', 'device'):
         mine.pop(runtime), theirs.pop(runtime, None)
     diff = [f'{k}={theirs.get(k)!r} (this run: {mine.get(k)!r})' for k in list(mine) + [k for k in theirs if k not in mine]
@@ -58,7 +65,7 @@ def read(fname):
                 raise GRU4RecError(f'{fname} is not a GRU4Rec checkpoint (not a zip of arrays)')
             f.seek(0)
             with np.load(f, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}   # every member: a damaged one fails here, not mid-training
+                arrays = {k: kept(k, z[k]) for k in z.files}   # every member read: a damaged one fails here
         header = _files.safe_header(arrays)
     except OSError as e:
         raise GRU4RecError(f'Cannot read the checkpoint {fname}: {e.strerror}') from None
@@ -142,7 +149,7 @@ def check_streams(saved, p, n_items):
                            f'({type(e).__name__}: {e})') from None
     if sampler is not None and sampler.get('kind', 'cpu') == 'cpu' and sampler['rows']:
         store = check_array(arrays, 'sampler_store', 'sample store', (sampler['rows'], p.n_sample), np.int32, fname)
-        if store.size and (store.min() < 0 or store.max() >= n_items):
+        if lowest(store) is not None and (lowest(store) < 0 or highest(store) >= n_items):
             raise GRU4RecError(f'The checkpoint in {fname} is damaged: its sample store holds item indices outside '
                                f'0..{n_items - 1}')
 
@@ -155,16 +162,40 @@ def restore(saved, weights, opt_states, streams):
         if arrays[f'state_{i}'].shape != var.get_value(borrow=True).shape:
             raise GRU4RecError(f'The checkpoint in {fname} does not fit this version of the model (optimiser '
                                f'state {i} has shape {arrays[f"state_{i}"].shape})')
-    for name, var in weights.items():
-        var.set_value(arrays[f'w_{name}'])
-    for i, var in enumerate(opt_states):
-        var.set_value(arrays[f'state_{i}'])
-    streams.set_state(ckpt['streams'], arrays)
+    try:
+        with open(fname, 'rb') as f, np.load(f, allow_pickle=False) as z:
+            def get(key):   # (the arrays read again, one at a time; checked ones must be what was checked)
+                a = arrays[key] if isinstance(arrays[key], np.ndarray) else z[key]
+                if a.shape != arrays[key].shape or a.dtype != arrays[key].dtype:
+                    raise ValueError(f'{key} changed')
+                return a
+            for name, var in weights.items():
+                var.set_value(get(f'w_{name}'))
+            for i, var in enumerate(opt_states):
+                var.set_value(get(f'state_{i}'))
+            streams.set_state(ckpt['streams'], {k: get(k) for k in ('rng_keys', 'sampler_store') if k in arrays})
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise GRU4RecError(f'The checkpoint {fname} changed while resuming from it ({type(e).__name__}: {e})') from None
     print(f'Resuming from {fname} after epoch {ckpt["epochs_done"]}')
     return ckpt['epochs_done'], ckpt['epoch_stats']
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
+
+def kept(key, a):
+    """a itself if small (or the item IDs and header, which are used), else a Checked of it."""
+    if a.nbytes <= KEEP_BYTES or key in ('item_ids', 'header'):
+        return a
+    return Checked(a.shape, a.dtype, *((a.min(), a.max()) if a.size and a.dtype.kind in 'iu' else (None, None)))
+
+
+def lowest(a):
+    return a.lo if isinstance(a, Checked) else (a.min() if a.size else None)
+
+
+def highest(a):
+    return a.hi if isinstance(a, Checked) else (a.max() if a.size else None)
+
 
 def dict_part(value, what, fname):
     if not isinstance(value, dict):

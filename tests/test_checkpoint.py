@@ -94,3 +94,20 @@ def test_a_checkpoint_of_other_item_ids_is_refused(tmp_path):
     renamed = data.assign(ItemId=data.ItemId + 1000)
     with pytest.raises(GRU4RecError, match=r'other item IDs \(item 0: \d+ in the checkpoint, 10\d+ in these data\)'):
         GRU4Rec(**PARAMS).fit(renamed, sample_store=35, checkpoint_dir=str(tmp_path), resume=True)
+
+
+def test_large_arrays_are_checked_then_read_again(tmp_path):
+    """Arrays over _checkpoint.KEEP_BYTES (here the sample store: 80,000 rows of 5 = 1.6 MB) are not kept in
+    memory between the check and the restore: the resumed run still ends with the uninterrupted run's weights,
+    and a store holding an index outside the catalogue is refused before anything is compiled."""
+    data = sessions()
+    full = GRU4Rec(**PARAMS).fit(data, sample_store=400000)
+    path = first_epoch(tmp_path, data, sample_store=400000)
+    resumed = GRU4Rec(**PARAMS).fit(data, sample_store=400000, checkpoint_dir=str(tmp_path), resume=True)
+    for k, v in full.get_weights().items():
+        np.testing.assert_array_equal(resumed.get_weights()[k], v, err_msg=k)
+    first_epoch(tmp_path, data, sample_store=400000)
+    n_items = full.n_items_
+    rewrite(path, lambda h, a: a['sampler_store'].__setitem__((-1, 0), n_items))
+    with pytest.raises(GRU4RecError, match=rf'sample store holds item indices outside 0\.\.{n_items - 1}'):
+        GRU4Rec(**PARAMS).fit(data, sample_store=400000, checkpoint_dir=str(tmp_path), resume=True)
