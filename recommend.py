@@ -21,7 +21,9 @@ on an item ID the model was not trained on is *skipped*: it does not change the 
 session goes on from its previous known clicks. Results list skipped clicks (``skipped``); the
 recommendations are those after the session's known clicks so far, and a session with no known click has
 none (an empty list; no rows in ``recommend_batch``). Unknown candidate IDs are ignored; a candidate set
-with no known item is an error.
+with no known item is an error. IDs of another type than the model's (a JSON string "123" for integer IDs, a
+number for the string IDs of a text file) are converted when nothing is lost; others are an error naming both
+types (_item_ids, the rule of the evaluation and predict_next_batch too).
 
 EVICTED / ENDED SESSIONS: a click for a session ID that the store does not hold (new, ended, evicted as
 least recently used, or idle longer than ``idle_timeout``) starts a new session from a zero state, exactly
