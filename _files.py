@@ -171,7 +171,7 @@ def data_fingerprint(items, offsets):
 def write_checkpoint(fname, payload, epochs_done, fingerprint, epoch_stats, streams, opt_states):
     """A model file (payload: model_payload's header and arrays; loadable with loadmodel) plus what resuming
     needs: optimiser states, random streams (_sampling.TrainingStreams), sample store, finished epochs and
-    their statistics, and a fingerprint of the data."""
+    their statistics, and a fingerprint of the data. Read back and checked by _checkpoint."""
     header, arrays = payload
     stream_header, stream_arrays = streams.get_state()
     header['checkpoint'] = {'epochs_done': epochs_done, 'fingerprint': fingerprint, 'epoch_stats': epoch_stats,
@@ -179,30 +179,3 @@ def write_checkpoint(fname, payload, epochs_done, fingerprint, epoch_stats, stre
     arrays.update({f'state_{i}': v.get_value() for i, v in enumerate(opt_states)})
     arrays.update(stream_arrays)
     write_safe(fname, header, arrays)
-
-
-def read_checkpoint(fname, params, fingerprint, weights, opt_states, streams):
-    """Load a checkpoint into a freshly set-up training run: its weights (shared variables by name), optimiser
-    states and streams. params: the run's parameters (_params.Params). Returns (finished epochs, their stats)."""
-    with open(fname, 'rb') as f, np.load(f, allow_pickle=False) as z:
-        header = safe_header(z)
-        ckpt = header.get('checkpoint')
-        if header.get('format') != MODEL_FORMAT or not ckpt:
-            raise GRU4RecError(f'{fname} is not a GRU4Rec checkpoint')
-        mine, theirs = dict(params.as_dict()), {**_params.DEFAULTS, **header['params']}   # keys added later: defaults
-        for runtime in ('backend', 'device'):
-            mine.pop(runtime), theirs.pop(runtime, None)
-        if mine != theirs:
-            diff = ', '.join(k for k in mine if mine[k] != theirs.get(k))
-            raise GRU4RecError(f'The checkpoint in {fname} was made with other parameters ({diff})')
-        if ckpt['fingerprint'] != fingerprint:
-            raise GRU4RecError(f'The checkpoint in {fname} was made with other training data')
-        if ckpt['n_states'] != len(opt_states):
-            raise GRU4RecError(f'{fname} does not match this version of the model')
-        for name, var in weights.items():
-            var.set_value(z[f'w_{name}'])
-        for i, var in enumerate(opt_states):
-            var.set_value(z[f'state_{i}'])
-        streams.set_state(ckpt['streams'], z)
-    print(f'Resuming from {fname} after epoch {ckpt["epochs_done"]}')
-    return ckpt['epochs_done'], ckpt['epoch_stats']

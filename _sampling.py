@@ -59,7 +59,7 @@ class NegativeSampler:
     kind = 'cpu'
 
     def __init__(self, support, alpha, n_sample, store_size, rng):
-        self.n_sample, self.rng, self.n_items = n_sample, rng, len(support)
+        self.n_sample, self.rng, self.n_items, self.store_size = n_sample, rng, len(support), store_size
         self.cdf = sampling_cdf(support, alpha)
         self.uniform = alpha == 0
         self.guide, _ = gpu_ops.cdf_guide(self.cdf)   # the search for u starts at its bucket's entry
@@ -93,7 +93,7 @@ class NegativeSampler:
     def get_state(self):
         shared = isinstance(self.rng, np.random.RandomState)   # saved with the weights' RandomState
         state = {'kind': self.kind, 'generator': None if shared else self.rng.bit_generator.state,
-                 'pos': self.pos, 'rows': self.rows}
+                 'pos': self.pos, 'rows': self.rows, 'store_size': self.store_size}   # (the size: for messages)
         return state, ({'sampler_store': self.store} if self.rows else {})
 
     def set_state(self, header, z):

@@ -18,20 +18,21 @@ import pytensor.tensor as pt
 from pytensor.graph.replace import clone_replace
 
 if __package__:
-    from . import _batches, _devices, _files, _graph, _optim, _params, _sampling, custom_opt
+    from . import _batches, _checkpoint, _devices, _files, _graph, _optim, _params, _sampling, custom_opt
 else:
-    import _batches, _devices, _files, _graph, _optim, _params, _sampling, custom_opt  # noqa: E401
+    import _batches, _checkpoint, _devices, _files, _graph, _optim, _params, _sampling, custom_opt  # noqa: E401
 
 FLOAT = _graph.FLOAT
 GRU4RecError = _params.GRU4RecError
-FitOptions = namedtuple('FitOptions', 'backend chunk store_type sample_store checkpoint resume')
+FitOptions = namedtuple('FitOptions', 'backend chunk store_type sample_store checkpoint resume saved')
 
 
 # --- checks before anything changes -------------------------------------------------------------------
 
 def fit_options(p, sample_store, store_type, checkpoint_dir, resume, chunk):
     """fit's arguments checked, with the backend's defaults filled in (see GRU4Rec.fit). Creates the
-    checkpoint folder of a new run."""
+    checkpoint folder of a new run; reads the checkpoint to resume from and checks it against the settings
+    (saved: _checkpoint.Saved, or None)."""
     backend = p.backend_in_use
     chunk = custom_opt.CHUNK_BY_DEFAULT[backend] if chunk is None else _params.to_int_arg(chunk, 'chunk')
     if chunk == 0 and backend == 'jax':
@@ -55,7 +56,8 @@ def fit_options(p, sample_store, store_type, checkpoint_dir, resume, chunk):
     if checkpoint_dir and not resume:
         os.makedirs(checkpoint_dir, exist_ok=True)
     sample_store = _params.to_int_arg(sample_store, 'sample_store')
-    return FitOptions(backend, chunk, store_type, sample_store, checkpoint, resume)
+    saved = _checkpoint.read_for(checkpoint, p, store_type, sample_store) if resume else None
+    return FitOptions(backend, chunk, store_type, sample_store, checkpoint, resume, saved)
 
 
 def training_frame(p, data):
@@ -196,6 +198,9 @@ class TrainingRun:
         self.itemidmap = pd.Series(np.arange(len(itemids), dtype=np.int32), index=itemids, name='ItemIdx')
         self.n_items = len(itemids)
         self.items, self.offsets, times = sort_and_index(p, data, self.itemidmap.index)
+        self.fingerprint = _files.data_fingerprint(self.items, self.offsets)
+        if options.saved:   # the whole checkpoint is checked before anything is drawn or compiled
+            _checkpoint.check_data(options.saved, p, self.itemidmap.index, self.fingerprint)
         check_memory(p, self.n_items, options.sample_store if options.store_type == 'cpu' else 0, options.backend)
         self.rng = np.random.RandomState(p.seed)   # the original's init draws for seed 42
         self.item_support = np.asarray(np.bincount(self.items, minlength=self.n_items), dtype=np.int64)
@@ -212,7 +217,6 @@ class TrainingRun:
         self.noise_rng = np.random.default_rng([p.seed, 2])
         self.base_order = np.argsort(times[self.offsets[:-1]]) if p.time_sort else np.arange(len(self.offsets) - 1)
         self.streams = _sampling.TrainingStreams(self.rng, self.sampler, self.noise_rng)
-        self.fingerprint = _files.data_fingerprint(self.items, self.offsets)
 
     def epoch(self, epoch, unpad_after):
         """Train one epoch (0-based); prints its line. Returns (its statistics, None), or (None, the step of the
@@ -315,9 +319,9 @@ class TrainingRun:
                                 self.streams, self.opt_states)
 
     def restore_checkpoint(self):
-        """Continue from options.checkpoint; returns (finished epochs, their statistics)."""
-        return _files.read_checkpoint(self.options.checkpoint, self.p, self.fingerprint, self.weights,
-                                      self.opt_states, self.streams)
+        """Continue from the checkpoint that fit_options read and __init__ checked; returns (finished epochs,
+        their statistics)."""
+        return _checkpoint.restore(self.options.saved, self.weights, self.opt_states, self.streams)
 
 
 def epoch_line(stats):

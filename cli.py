@@ -267,12 +267,22 @@ def load_data(path, keys, what, quiet=False):
     return data, message
 
 
-def load_test_files(paths, keys, known_items):
-    """Load and check every test file before training, so that a bad one fails before anything is written."""
+def load_test_files(paths, keys, train_items):
+    """Load and check every test file before training, so that a bad one fails before anything is written.
+    train_items: the training item IDs; test item IDs of another type are converted to theirs (_item_ids)."""
     tests = []
+    if paths:
+        import pandas as pd
+        item_ids = sibling('_item_ids')
+        train_items = pd.Index(pd.unique(pd.Series(list(train_items) if isinstance(train_items, (set, frozenset))
+                                                   else train_items)))
     for path in paths or []:
         test, message = load_data(path, keys, 'test', quiet=True)
-        if not test[keys[1]].isin(known_items).any():
+        try:
+            known = item_ids.item_rows(train_items, test[keys[1]], f'item IDs of the test file {path}') >= 0
+        except item_ids.GRU4RecError as e:
+            raise InputError(str(e)) from None
+        if not known.any():
             raise InputError(f'The test file {path} shares no items with the training data')
         tests.append((test, message))
     return tests

@@ -19,9 +19,9 @@ import pytensor
 import pytensor.tensor as pt
 
 if __package__:
-    from . import _batches, _graph, _params, _sampling, custom_opt
+    from . import _batches, _graph, _item_ids, _params, _sampling, custom_opt
 else:
-    import _batches, _graph, _params, _sampling, custom_opt  # noqa: E401
+    import _batches, _graph, _item_ids, _params, _sampling, custom_opt  # noqa: E401
 
 MODES = ('standard', 'conservative', 'median', 'tiebreaking')
 GRU4RecError = _params.GRU4RecError
@@ -115,17 +115,20 @@ def ranks_from_counts(n_greater, n_equal, mode):
 # --- evaluation loops -----------------------------------------------------------------------------------
 
 def prepare_test_data(gru, test_data, session_key, item_key, time_key):
-    """Keep the test events whose item the model knows; sort by session, time, item. Returns
-    (item indices, session offsets, number of dropped events)."""
+    """Keep the test events whose item the model knows; sort by session, time, item (the item IDs in the
+    training IDs' type, _item_ids: the order does not depend on the test file's format). Returns (item
+    indices, session offsets, number of dropped events)."""
     if not isinstance(test_data, pd.DataFrame):
         raise GRU4RecError(f'test_data must be a pandas DataFrame, got {type(test_data).__name__}')
     data = _batches.session_columns(test_data, (session_key, item_key, time_key), 'test')
-    idx = gru.itemidmap_.index.get_indexer(data[item_key])
+    ids = gru.itemidmap_.index
+    idx = _item_ids.item_rows(ids, data[item_key], 'item IDs of the test data')
     known = idx >= 0
     n_dropped = int((~known).sum())
     if not known.any():
         raise GRU4RecError('The test data shares no items with the training data')
-    data = data.assign(_idx=idx)[known].sort_values([session_key, time_key, item_key], kind='stable')
+    data = data[known].assign(**{item_key: ids[idx[known]].to_numpy(), '_idx': idx[known]})
+    data = data.sort_values([session_key, time_key, item_key], kind='stable')
     return data['_idx'].values.astype(np.int32), _batches.session_offsets(data[session_key].values), n_dropped
 
 
@@ -227,7 +230,8 @@ def candidates(gru, items):
     """(candidate item indices, a mask over all items of them) of candidate item IDs; (None, None) for all."""
     if items is None:
         return None, None
-    cand = gru.itemidmap_.index.get_indexer(pd.Index(pd.unique(np.asarray(items))))
+    items = items if isinstance(items, (pd.Index, pd.Series, np.ndarray)) else list(items)
+    cand = pd.unique(_item_ids.item_rows(gru.itemidmap_.index, items, 'candidate items (items=...)'))
     cand = cand[cand >= 0].astype(np.int32)
     if len(cand) == 0:
         raise GRU4RecError('None of the candidate items (items=...) was seen in training')

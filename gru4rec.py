@@ -12,6 +12,7 @@ done in modules named after what they hold:
   _sampling.py  negative samplers, dropout and tie-break noise, the random streams of a run
   _training.py  fit's checks, memory estimate, compiled training step, the epoch loops
   _files.py     atomic writes, the safe model format, plain-data pickles, checkpoints
+  _checkpoint.py  a checkpoint checked whole before resuming; _item_ids.py  the one rule for item IDs
   _devices.py   device names, the device -> backend policy, free memory, thread counts
   evaluation.py recall/MRR: rank graphs, tie modes, candidate sets, evaluation loops
   custom_opt.py compile modes and rewrites; gpu_ops.py the custom Ops
@@ -34,8 +35,10 @@ import pytensor.tensor as pt
 
 if __package__:
     from . import _batches, _devices, _files, _graph, _optim, _params, _sampling, _training, custom_opt, evaluation
+    from . import _item_ids
 else:
     import _batches, _devices, _files, _graph, _optim, _params, _sampling, _training, custom_opt, evaluation  # noqa: E401
+    import _item_ids
 
 # The names that gru4rec.py held when it was one module, re-exported from their homes (users and tests import them).
 GRU4RecError, GRU4RecWarning, DEFAULTS, DEFAULT_ADAPT_PARAMS, LOSSES, OPTIMISERS, RNGS = (
@@ -195,7 +198,8 @@ class GRU4Rec:
 
         checkpoint_dir: if given, the full training state (weights, optimiser states, random streams, sample
         store) is saved there after every epoch, atomically. resume=True continues from that checkpoint
-        (same parameters and data required) and ends with the same model as an uninterrupted run.
+        (same parameters, data and sample-store rows required; checked whole before anything compiles, see
+        _checkpoint) and ends with the same model as an uninterrupted run.
 
         store_type: where the negative samples come from. 'cpu': a store of `sample_store` item indices
         drawn with numpy on the host, one row of n_sample per step, regenerated when used up (0 = draw every
@@ -318,14 +322,17 @@ class GRU4Rec:
             raise GRU4RecError(f'session_ids and input_item_ids must have length batch={batch}, got '
                                f'{len(session_ids)} and {len(items)}: pass batch={len(session_ids)} (one slot per '
                                'session), or use model.recommend / model.live_sessions() for live sessions')
-        idx = self.itemidmap_.index.get_indexer(items)
+        ids = self.itemidmap_.index   # IDs given as another type are converted to the training IDs' (_item_ids)
+        idx = _item_ids.item_rows(ids, list(input_item_ids), 'input_item_ids')
         if (idx < 0).any():
-            raise GRU4RecError(f'Unknown item ID(s) in input_item_ids: {list(items[idx < 0][:5])}')
+            raise GRU4RecError(f'Unknown item ID(s) in input_item_ids: {_item_ids.shown(items[idx < 0])}')
         cand = None
         if predict_for_item_ids is not None:
-            cand = self.itemidmap_.index.get_indexer(np.asarray(predict_for_item_ids))
+            wanted = list(np.asarray(predict_for_item_ids, dtype=object).ravel())
+            cand = _item_ids.item_rows(ids, wanted, 'predict_for_item_ids')
             if (cand < 0).any():
-                raise GRU4RecError('Unknown item ID(s) in predict_for_item_ids')
+                unknown = [v for v, c in zip(wanted, cand) if c < 0]
+                raise GRU4RecError(f'Unknown item ID(s) in predict_for_item_ids: {_item_ids.shown(unknown)}')
         state = getattr(self, '_pred_state', None)
         if state is None or state['batch'] != batch:
             state = self._pred_state = {'batch': batch, 'session': np.full(batch, -1, dtype=object),
@@ -346,7 +353,7 @@ class GRU4Rec:
         args = [idx.astype(np.int32)] + ([cand.astype(np.int32)] if cand is not None else []) + state['H']
         scores, *H = fn(*args)
         state['H'] = [np.array(h) for h in H]   # host copies: the next call resets slots in place
-        index = self.itemidmap_.index if cand is None else pd.Index(np.asarray(predict_for_item_ids))
+        index = ids if cand is None else ids[cand]   # (the training IDs' type)
         return pd.DataFrame(data=np.asarray(scores).T, index=index)
 
     def prediction_graph(self, X, H, C=None):

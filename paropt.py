@@ -338,7 +338,7 @@ def _search(args, mod, evaluation, argv):
     probe = mod.GRU4Rec()
     keys = (args.session_key or probe.session_key, args.item_key or probe.item_key, args.time_key or probe.time_key)
     train, _ = cli.load_data(args.path, keys, 'training')
-    (valid, _), = cli.load_test_files([args.test_path], keys, set(train[keys[1]].unique()))
+    (valid, _), = cli.load_test_files([args.test_path], keys, train[keys[1]])
     if args.fixed_parameters is not None or any((args.item_key, args.session_key, args.time_key)):
         extra = ','.join(f'{k}={v}' for k, v in zip(('session_key', 'item_key', 'time_key'),
                                                     (args.session_key, args.item_key, args.time_key)) if v)

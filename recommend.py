@@ -21,7 +21,9 @@ on an item ID the model was not trained on is *skipped*: it does not change the 
 session goes on from its previous known clicks. Results list skipped clicks (``skipped``); the
 recommendations are those after the session's known clicks so far, and a session with no known click has
 none (an empty list; no rows in ``recommend_batch``). Unknown candidate IDs are ignored; a candidate set
-with no known item is an error.
+with no known item is an error. IDs of another type than the model's (a JSON string "123" for integer IDs, a
+number for the string IDs of a text file) are converted when nothing is lost; others are an error naming both
+types (_item_ids, the rule of the evaluation and predict_next_batch too).
 
 EVICTED / ENDED SESSIONS: a click for a session ID that the store does not hold (new, ended, evicted as
 least recently used, or idle longer than ``idle_timeout``) starts a new session from a zero state, exactly
@@ -41,8 +43,10 @@ import numpy as np
 import pandas as pd
 
 if __package__:
+    from . import _item_ids
     from ._params import GRU4RecError
 else:
+    import _item_ids
     from _params import GRU4RecError
 
 __all__ = ['ModelAdapter', 'Recommendations', 'top_k', 'recommend', 'recommend_batch', 'LiveSessions', 'GRU4RecError']
@@ -70,31 +74,25 @@ class ModelAdapter:
         self.item_ids = model.itemidmap_.index
         self.n_items = int(model.n_items_)
         self.backend = model.effective_backend
-        kind = self.item_ids.dtype.kind
-        self._numeric_ids = kind in 'iuf'
+        self._id_kind = _item_ids.kind_of(self.item_ids)
         self._lookup = None   # item ID -> row, built at the first small lookup
         self._pad = self.backend == 'jax'   # static shapes: pad M to a power of two (few recompiles)
 
     # -- items ----------------------------------------------------------------------------------
-    def index_of(self, ids):
-        """Row of each item ID, -1 for unknown IDs. IDs are matched as the model stores them; a JSON string
-        "123" also matches a numeric ID 123 and a number matches its string form (e.g. from a CSV)."""
+    def index_of(self, ids, what='item IDs'):
+        """Row of each item ID, -1 for unknown (or missing) IDs. IDs of another type than the model's are
+        converted to it when that loses nothing (a JSON string "123" for a numeric ID 123, a number for the
+        string ID of a CSV); others raise GRU4RecError naming both types (the one rule of _item_ids)."""
+        if len(ids) > _item_ids.FEW:
+            return _item_ids.item_rows(self.item_ids, ids, what, self._id_kind)
         values = ids.tolist() if isinstance(ids, (np.ndarray, pd.Index, pd.Series)) else list(ids)
-        if len(values) <= 256:    # a few IDs (a click, a request): a dict lookup, no array conversions
-            if self._lookup is None:
-                self._lookup = {v: i for i, v in enumerate(self.item_ids.tolist())}
-            lk = self._lookup
-            idx = np.fromiter((lk.get(v, -1) if _hashable(v) else -1 for v in values), dtype=np.int64, count=len(values))
-        else:
-            arr = np.asarray(values)
-            if arr.ndim != 1:
-                arr = np.asarray(values + [None], dtype=object)[:-1]
-            idx = np.asarray(self.item_ids.get_indexer(pd.Index(arr)), dtype=np.int64)
-        for i in np.flatnonzero(idx < 0):   # the other spelling of the same ID (few; unknown IDs are rare)
-            alt = _other_spelling(values[i], self._numeric_ids)
-            if alt is not None:
-                idx[i] = self.item_ids.get_indexer([alt])[0]
-        return idx
+        # a few IDs (a click, a request): converted one by one, then a dict lookup (no array conversions)
+        converted, _ = _item_ids.to_model_ids(values, self.item_ids, what, self._id_kind)
+        if self._lookup is None:
+            self._lookup = {v: i for i, v in enumerate(self.item_ids.tolist())}
+        lk = self._lookup
+        return np.fromiter((lk.get(v, -1) if _hashable(v) else -1 for v in converted), dtype=np.int64,
+                           count=len(values))
 
     def item_id(self, rows):
         """Item IDs of rows (plain Python values, for JSON)."""
@@ -146,7 +144,8 @@ class ModelAdapter:
         p = self.model.get_params()
         return {'n_items': self.n_items, 'layers': self.layers, 'loss': p['loss'], 'final_act': p['final_act'],
                 'embedding': p['embedding'], 'constrained_embedding': p['constrained_embedding'],
-                'backend': self.backend, 'item_id_type': 'number' if self._numeric_ids else 'string',
+                'backend': self.backend,
+                'item_id_type': {'int': 'number', 'float': 'number', 'str': 'string'}.get(self._id_kind, 'mixed'),
                 'keys': {'session': p['session_key'], 'item': p['item_key'], 'time': p['time_key']}}
 
 
@@ -156,18 +155,6 @@ def _hashable(v):
         return True
     except TypeError:
         return False
-
-
-def _other_spelling(value, numeric):
-    if numeric and isinstance(value, str):
-        try:
-            f = float(value)
-        except ValueError:
-            return None
-        return int(f) if f.is_integer() else f
-    if not numeric and isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-        return str(int(value)) if float(value).is_integer() else str(value)
-    return None
 
 
 def _adapter(model):
@@ -193,7 +180,7 @@ def _candidate_rows(ad, candidates):
         return None
     if isinstance(candidates, (str, bytes)) or not hasattr(candidates, '__iter__'):
         raise GRU4RecError('candidates must be a list of item IDs')
-    rows = ad.index_of(list(candidates))
+    rows = ad.index_of(list(candidates), 'candidate items')
     rows = np.unique(rows[rows >= 0])
     if len(rows) == 0:
         raise GRU4RecError('None of the candidate items is known to the model')
@@ -288,7 +275,7 @@ def recommend(model, clicks, k=20, exclude_seen=False, candidates=None):
     clicks = list(clicks)
     res = recommend_batch(model, {0: clicks}, k=k, exclude_seen=exclude_seen, candidates=candidates)
     ad = _adapter(model)
-    known = ad.index_of(clicks) >= 0 if clicks else np.zeros(0, bool)
+    known = ad.index_of(clicks, 'clicked item IDs') >= 0 if clicks else np.zeros(0, bool)
     return Recommendations(session=None, items=res['item'].tolist(), scores=res['score'].astype(float).tolist(),
                            skipped=[c for c, ok in zip(clicks, known) if not ok], clicks=int(known.sum()))
 
@@ -357,7 +344,7 @@ def recommend_batch(model, events, k=20, exclude_seen=False, candidates=None, ev
     if len(codes):
         starts_all = np.r_[0, np.flatnonzero(np.diff(codes)) + 1]
         pos_all = np.arange(len(codes)) - np.repeat(starts_all, np.diff(np.r_[starts_all, len(codes)])) + 1
-    rows = ad.index_of(item_ids) if len(item_ids) else np.zeros(0, np.int64)
+    rows = ad.index_of(item_ids, 'item IDs of the events') if len(item_ids) else np.zeros(0, np.int64)
     known = rows >= 0
     n_skipped = int((~known).sum())
     codes, rows, pos = codes[known], rows[known], pos_all[known]
@@ -514,7 +501,7 @@ class LiveSessions:
                 raise GRU4RecError(f'A session ID must be a string or an integer, got {r[0]!r}')
         ad = self.adapter
         cands = [_candidate_rows(ad, r[4]) for r in reqs]   # checked before any state changes
-        rows = ad.index_of([r[1] for r in reqs]) if reqs else np.zeros(0, np.int64)
+        rows = ad.index_of([r[1] for r in reqs], 'clicked item IDs') if reqs else np.zeros(0, np.int64)
         results = [None] * len(reqs)
         with self._lock:
             self._expire()

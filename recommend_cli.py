@@ -107,7 +107,7 @@ def _recommend(args, own, fmt, candidates, mod):
     cli.check_device(gru, own, mod.GRU4RecError)
     keys = (args.session_key or gru.session_key, args.item_key or gru.item_key, args.time_key or gru.time_key)
     events, message = cli.load_data(args.events, keys, 'events')
-    if not (rec.ModelAdapter(gru).index_of(events[keys[1]].unique()) >= 0).any():
+    if not (rec.ModelAdapter(gru).index_of(events[keys[1]].unique(), f'item IDs of {args.events}') >= 0).any():
         raise InputError(f'The events file {args.events} shares no item with the model')
     result = rec.recommend_batch(gru, events, k=args.k, exclude_seen=args.exclude_seen, candidates=candidates,
                                  every_event=args.every_event, batch_size=args.batch_size, session_key=keys[0],

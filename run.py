@@ -174,7 +174,7 @@ def _run(args, own, mod, evaluation):
         items = candidate_items(args, gru)
         keys = (gru.session_key, gru.item_key, gru.time_key)
         if tests is None:
-            tests = cli.load_test_files(args.test, keys, set(gru.itemidmap_.index))
+            tests = cli.load_test_files(args.test, keys, gru.itemidmap_.index)
         evaluate_tests(args, gru, tests, items, keys, evaluation, record)
     except TrainingStopped as e:
         cli.report_error(str(e))
@@ -242,7 +242,7 @@ def train_model(args, own, mod, keys_cli, record, created, failed):
     make_output_folders(args, created)
     print('Loading training data...')
     data, _ = cli.load_data(args.path, keys, 'training')
-    tests = cli.load_test_files(args.test, keys, set(data[keys[1]].unique()))
+    tests = cli.load_test_files(args.test, keys, data[keys[1]])
     if args.test_against_items is not None:
         check_test_against_items(args.test_against_items, data[keys[1]].nunique())
     store_type = None   # the backend's default: custom_opt.STORE_BY_DEFAULT

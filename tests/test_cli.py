@@ -180,7 +180,68 @@ BAD = [
      'is a file, not a folder'),
     ('checkpoint folder left by bad data', lambda f: [f['singletons'], '-ps', TINY, '--checkpoint_dir', 'ck/sub'],
      'no session with at least 2 events'),
+    # --resume: the checkpoint is read whole and checked before anything compiles (see checkpoint_files)
+    ('resume, other sample store size', lambda f: resume(f, 'ckpt_ok', ss=3200),
+     'was made with -ss 1600 (a sample store of 100 rows of 16 samples); this run asks for -ss 3200 (a sample store of 200 rows'),
+    ('resume, truncated checkpoint', lambda f: resume(f, 'ckpt_truncated'), 'is corrupt or truncated (BadZipFile'),
+    ('resume, garbage checkpoint', lambda f: resume(f, 'ckpt_garbage'), 'is not a GRU4Rec checkpoint'),
+    ('resume, model file as checkpoint', lambda f: resume(f, 'ckpt_model'), 'is a model file, not a checkpoint'),
+    ('resume, future checkpoint version', lambda f: resume(f, 'ckpt_future'), 'checkpoint format version 99'),
+    ('resume, random stream missing', lambda f: resume(f, 'ckpt_no_rng_keys'), 'random stream of the weights (rng_keys) is missing'),
+    ('resume, random stream invalid', lambda f: resume(f, 'ckpt_bad_noise'), 'random streams are missing or invalid'),
+    ('resume, sample store cut short', lambda f: resume(f, 'ckpt_short_store'),
+     'its sample store is int32 of shape (50, 16), this run needs int32 of shape (100, 16)'),
+    ('resume, weight of another shape', lambda f: resume(f, 'ckpt_bad_weight'), 'its weight Wh0 is float32 of shape (8, 9)'),
+    ('resume, optimiser state missing', lambda f: resume(f, 'ckpt_no_state'), 'optimiser state 3 is missing'),
+    ('resume, other item IDs', lambda f: resume(f, 'ckpt_ok', data='alien_test'), "other item IDs (item 0: 'i15' in the checkpoint, 'xi15' in these data)"),
+    ('resume, other training data', lambda f: resume(f, 'ckpt_ok', data='big_train'), 'other training data (2'),
+    ('resume, other parameters', lambda f: resume(f, 'ckpt_ok', ps=TINY + ',n_sample=8'), 'n_sample=16 (this run: 8)'),
 ]
+
+
+def resume(f, folder, data='train', ps=TINY, ss=1600):
+    """--resume from one of checkpoint_files' folders; by default with the data and parameters that made it."""
+    return [f[data], '-ps', ps, '-ss', ss, '--checkpoint_dir', f[folder], '--resume']
+
+
+def checkpoint_files(d, df):
+    """Folders holding a checkpoint of TINY with -ss 1600 on df (the training file), and damaged copies of it."""
+    from gru4rec import GRU4Rec
+    out = {}
+    model = GRU4Rec(backend='python')
+    model.set_params(**dict(kv.split('=') for kv in TINY.split(',')))
+    model.fit(df, sample_store=1600, checkpoint_dir=str(d / 'ckpt_ok'))
+    good = d / 'ckpt_ok' / 'checkpoint.gru4rec'
+    with np.load(good) as z:
+        arrays = dict(z)
+    header = json.loads(bytes(arrays['header']).decode())
+
+    def variant(name, data=None, header_change=None, **changes):
+        (d / name).mkdir()
+        path = d / name / 'checkpoint.gru4rec'
+        if data is not None:
+            path.write_bytes(data)
+        else:
+            h = json.loads(json.dumps(header))
+            if header_change:
+                header_change(h)
+            a = {k: v for k, v in arrays.items() if changes.get(k, 0) is not None}
+            a.update({k: v for k, v in changes.items() if v is not None})
+            a['header'] = np.frombuffer(json.dumps(h).encode(), dtype=np.uint8)
+            with open(path, 'wb') as fh:
+                np.savez(fh, **a)
+        out[name] = d / name
+    out['ckpt_ok'] = d / 'ckpt_ok'
+    variant('ckpt_truncated', data=good.read_bytes()[:len(good.read_bytes()) // 2])
+    variant('ckpt_garbage', data=bytes(range(256)) * 8)
+    variant('ckpt_model', data=(d / 'good.gru4rec').read_bytes())
+    variant('ckpt_future', header_change=lambda h: h.update(version=99))
+    variant('ckpt_no_rng_keys', rng_keys=None)
+    variant('ckpt_bad_noise', header_change=lambda h: h['checkpoint']['streams'].update(noise={'bit_generator': 'PCG64'}))
+    variant('ckpt_short_store', sampler_store=arrays['sampler_store'][:50])
+    variant('ckpt_bad_weight', w_Wh0=np.zeros((8, 9), np.float32))
+    variant('ckpt_no_state', state_3=None)
+    return out
 
 
 @pytest.fixture(scope='module')
@@ -235,6 +296,7 @@ def bad_files(files):
         np.savez(fh, **arrays)
     out['theano_model'] = d / 'theano.pickle'
     out['theano_model'].write_bytes(b'\x80\x02cgru4rec\nGRU4Rec\nq\x00)\x81q\x01}q\x02b.')
+    out.update(checkpoint_files(d, df))
     return out
 
 
@@ -401,7 +463,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_model(tmp_path):
     assert re.search(r'^Resuming from .* after epoch [12]$', resumed.stdout, re.M)   # killed before the end
     assert re.findall(r'^Recall@.*$', resumed.stdout, re.M) == re.findall(r'^Recall@.*$', full.stdout, re.M)
     other = run(train, '-ps', params.replace('momentum=0.3', 'momentum=0.2'), '--checkpoint_dir', ckpt_dir, '--resume')
-    assert other.returncode == 2 and 'other parameters (momentum)' in other.stderr
+    assert other.returncode == 2 and 'other parameters: momentum=0.3 (this run: 0.2)' in other.stderr
 
 
 @pytest.mark.parametrize('name', ['train.csv', 'train.csv.gz', 'train.txt.bz2', 'train.pickle', 'train.parquet'])
