@@ -7,7 +7,8 @@ Every trial trains on TRAIN with the fixed parameters (-fp) plus the ones Optuna
 parameter space file (-opf) and is scored by recall or MRR at one cut-off (-m, -pm) on VALID after every
 epoch; the median pruner stops trials that fall behind the others at the same epoch. The study lives in
 an SQLite file (--storage): rerunning the same command continues it, and trials finished before an
-interruption are kept. Whenever the best trial changes, its parameters are written to the -o file, which
+interruption are kept (Ctrl-C or SIGTERM: one line, exit code 130 or 143; the interrupted trial is stored as
+failed and does not count towards -nt). Whenever the best trial changes, its parameters are written to the -o file, which
 `run.py -pf` reads. At the end the best parameters are trained once more and evaluated at every -fm
 cut-off, as in the original.
 
@@ -26,9 +27,9 @@ import time
 from collections import OrderedDict
 
 if __package__:
-    from . import cli, run
+    from . import _interrupts, cli, run
 else:
-    import cli, run  # noqa: E401
+    import _interrupts, cli, run  # noqa: E401
 
 InputError = cli.InputError
 DTYPES = ('int', 'float', 'categorical')
@@ -291,13 +292,59 @@ def build_parser():
 
 
 def main(argv=None):
-    try:
-        return _main(sys.argv[1:] if argv is None else argv)
-    except InputError as e:
-        return cli.report_error(str(e))
+    progress = Progress()
+    with _interrupts.handled():
+        try:
+            code = _main(sys.argv[1:] if argv is None else argv, progress)
+            _interrupts.check()   # a signal that C code swallowed on the way still counts
+            return code
+        except BaseException as e:
+            stop = _interrupts.reason(e)
+            if stop is None:
+                if isinstance(e, InputError):
+                    return cli.report_error(str(e))
+                raise
+            _interrupts.exiting()   # (a second signal now ends the process at once)
+            sys.stdout.flush()
+            print(progress.interrupted_line(stop), file=sys.stderr)
+            progress.fail_interrupted_trial()
+            return stop.exit_code
 
 
-def _main(argv):
+class Progress:
+    """How far the search got, for the one line that reports a Ctrl-C or SIGTERM: the study once it is open,
+    the number of the last trial started."""
+
+    def __init__(self):
+        self.storage = self.study = self.trial = None
+
+    def running(self):
+        """The last trial started, if it is still running in the storage (it was interrupted)."""
+        from optuna.trial import TrialState
+        if self.trial is None:
+            return None
+        running = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == self.trial]
+        return running[0] if running else None
+
+    def interrupted_line(self, stop):
+        head = f'Interrupted ({stop.name})'
+        if self.study is None:
+            return f'{head} before the search started; nothing was stored.'
+        trial = self.running()
+        where = f'during trial {trial.number}' if trial else 'between trials'
+        failed = f' (trial {trial.number} did not finish and is stored as failed)' if trial else ''
+        return (f'{head} {where}; {len(finished(self.study))} finished trial(s) are stored in {self.storage}{failed}: '
+                'rerun the same command to continue.')
+
+    def fail_interrupted_trial(self):
+        """Store the interrupted trial as failed (not as complete with a partial score; it does not count
+        towards -nt). A run killed before this leaves it running: open_study fails it on the next run."""
+        from optuna.trial import TrialState
+        if self.study is not None and (trial := self.running()) is not None:
+            self.study.tell(trial.number, state=TrialState.FAIL)
+
+
+def _main(argv, progress):
     args = build_parser().parse_args(argv)   # usage errors raise InputError (cli.Parser)
     if args.ntrials < 1:
         raise InputError('-nt/--ntrials must be at least 1')
@@ -315,12 +362,12 @@ def _main(argv):
         raise InputError('paropt needs Optuna: pip install optuna (or the extra: pip install -e ".[tune]")') from None
     mod = cli.import_model_module(args.gru4rec_model)   # numpy, PyTensor (and JAX) are imported from here on
     try:
-        return _search(args, mod, cli.sibling('evaluation'))
+        return _search(args, mod, cli.sibling('evaluation'), progress)
     except mod.GRU4RecError as e:
-        return cli.report_error(str(e))
+        raise InputError(str(e)) from None
 
 
-def _search(args, mod, evaluation):
+def _search(args, mod, evaluation, progress):
     import optuna
     probe = mod.GRU4Rec()
     keys = (args.session_key or probe.session_key, args.item_key or probe.item_key, args.time_key or probe.time_key)
@@ -333,6 +380,7 @@ def _search(args, mod, evaluation):
     search = Search(args, mod, evaluation, train, valid)
     print_space(search.space)
     study = open_study(args)
+    progress.storage, progress.study = args.storage, study
     todo = args.ntrials - len(finished(study))
     state = {'best': None}
 
@@ -347,20 +395,21 @@ def _search(args, mod, evaluation):
             print(f'New best: trial {best} ({args.primary_metric}@{args.measure} = {study.best_value:.6f}); '
                   f'parameters written to {args.output}', flush=True)
 
+    def objective(trial):
+        progress.trial = trial.number
+        with _interrupts.translated():   # Optuna would store and log a wrapped signal as the trial's error
+            _interrupts.check()
+            return search.objective(trial)
+
     keep_best(study, None)
     if todo > 0:
         print(f'Running {todo} trial(s) to reach {args.ntrials} finished trials (storage: {args.storage})')
-        try:
-            while len(finished(study)) < args.ntrials:  # failed trials do not count towards -nt
-                study.optimize(search.objective, n_trials=args.ntrials - len(finished(study)),
-                               catch=(TrialError,), callbacks=[keep_best])
-                if all(t.state == optuna.trial.TrialState.FAIL for t in study.trials[-5:]) and len(study.trials) >= 5:
-                    raise InputError('The last 5 trials failed; check the fixed parameters and the space '
-                                     f'(the failures are in {args.storage})')
-        except KeyboardInterrupt:
-            print(f'\nInterrupted: {len(finished(study))} finished trial(s) are kept in {args.storage}; '
-                  'rerun the same command to continue.', file=sys.stderr)
-            return 130
+        while len(finished(study)) < args.ntrials:  # failed trials do not count towards -nt
+            study.optimize(objective, n_trials=args.ntrials - len(finished(study)),
+                           catch=(TrialError,), callbacks=[keep_best])
+            if all(t.state == optuna.trial.TrialState.FAIL for t in study.trials[-5:]) and len(study.trials) >= 5:
+                raise InputError('The last 5 trials failed; check the fixed parameters and the space '
+                                 f'(the failures are in {args.storage})')
     else:
         print(f'The study already has {len(finished(study))} finished trials (-nt {args.ntrials}): nothing to run')
     if state['best'] is None:
@@ -377,7 +426,9 @@ def _search(args, mod, evaluation):
         code = run.main([args.path, '-t', args.test_path, '-pf', args.output, '-m', *map(str, args.final_measure),
                          '-e', args.eval_type, '--seed', str(args.seed), '-ss', str(args.sample_store_size),
                          '-d', args.own['model_device'] or 'cpu', '--backend', args.own['backend']]
-                        + (['-g', args.gru4rec_model] if args.gru4rec_model != 'gru4rec' else []))
+                        + (['-g', args.gru4rec_model] if args.gru4rec_model != 'gru4rec' else []),
+                        interrupted_line=lambda stop: f'Interrupted ({stop.name}) during the final run; the study in '
+                        f'{args.storage} is complete and its best parameters are in {args.output}.')
         if code:
             return code
     return 0

@@ -118,12 +118,12 @@ def test_study_survives_sigkill_and_ctrl_c_and_resumes(tmp_path):
     out, err, code = run_until(cli(*args), 'TRIAL 3:', signal.SIGINT)
     assert code == 130, err
     assert 'Continuing study "tiny" in' in out and '1 finished trials kept, 1 interrupted trial(s) marked failed' in out
-    assert 'Interrupted: 2 finished trial(s) are kept' in err
+    assert 'Interrupted (SIGINT) during trial 3; 2 finished trial(s) are stored in' in err and '(trial 3 did not finish' in err
     # 3) continued to the end: exactly -nt finished trials, the best file is the best trial, and it trains via -pf
     proc = cli(*args)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    assert '2 finished trials kept' in out and 'Running 1 trial(s) to reach 3 finished trials' in out
+    assert '2 finished trials kept' in out and 'marked failed' not in out and 'Running 1 trial(s) to reach 3 finished trials' in out
     study, done = finished_trials(storage, 'tiny')
     assert len(done) == 3
     top = max(done, key=lambda t: t.value)

@@ -1,0 +1,175 @@
+"""Ctrl-C (SIGINT) and SIGTERM in the command lines: the run ends with one line saying what was kept and exit
+code 128 + the signal (130, 143), never with a traceback, and the signal is never lost.
+
+While handled() is active, a signal raises Interrupted wherever the main thread is, as Ctrl-C does by
+default. That can be inside C code that calls back into Python, and there the exception does not arrive as
+raised: a Numba-compiled step returns it wrapped ("SystemError: CPUDispatcher(...) returned a result with an
+exception set"), a ctypes callback of LLVM during compilation swallows it ("Exception ignored on calling
+ctypes callback function") and the run goes on. So the signal is also recorded, and
+- the hook of unraisable exceptions stays quiet about a swallowed Interrupted and delivers the signal to the
+  main thread again 50 ms later, until it lands in Python code that lets it through (usually the compiler's
+  own, right after the callback);
+- check(), called at safe points (every minibatch of training and evaluation, every trial of paropt), raises
+  a recorded signal again;
+- reason() finds the interruption behind whatever exception ended a run after a signal (a wrapper, or an
+  error that a library made of it).
+Inside deferred() (writing a checkpoint or a model) the first signal is only recorded and raised when the
+write is done; a second one raises at once (the writes are atomic: the old file stays). Once a command line
+reports the interruption (exiting()), another signal ends the process at once.
+
+Standard library only: the command lines use it before numpy or PyTensor are imported.
+"""
+import _thread
+import contextlib
+import os
+import signal
+import sys
+import threading
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(BaseException):
+    """A signal asked the run to stop. A BaseException like KeyboardInterrupt, so that no `except Exception`
+    takes it for an error; not a KeyboardInterrupt, so that Optuna does not store and log it as a failed
+    trial."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+
+
+class State:
+    """The signal recorded in this process (the first one), and how the handler treats the next one."""
+
+    def __init__(self):
+        self.signum, self.deferring, self.exiting, self.resending = None, 0, False, False
+
+
+state = State()
+
+
+def handle(signum, frame):
+    """The signal handler: record the signal and raise Interrupted (see the module's docstring)."""
+    resent, state.resending = state.resending, False
+    if state.exiting:   # the line is printed: a second Ctrl-C ends the clean-up (e.g. a storage write) at once
+        if resent:
+            return
+        os._exit(128 + signum)
+    first = state.signum is None
+    if first:
+        state.signum = signum
+    if state.deferring and first:
+        return
+    raise Interrupted(state.signum)
+
+
+@contextlib.contextmanager
+def handled():
+    """Install handle() for SIGINT and SIGTERM, and the quiet hook of unraisable exceptions; restore both
+    afterwards (a command line's main() may run inside another program). A signal the process was started
+    to ignore (SIG_IGN, e.g. SIGINT for a background job of a script) stays ignored. Outside the main thread,
+    where Python cannot set handlers, the default Ctrl-C behaviour stays (reason() takes KeyboardInterrupt).
+    """
+    global state
+    outer = state
+    state = State()
+    previous_hook = sys.unraisablehook
+
+    def hook(unraisable):
+        if state.signum is None or not wraps_interrupt(unraisable.exc_value):
+            previous_hook(unraisable)
+        elif not state.resending:
+            resend_later(state)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, handle) for s in SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
+        sys.unraisablehook = hook
+    try:
+        yield state
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if previous:
+            sys.unraisablehook = previous_hook
+        state = outer
+
+
+def resend_later(st, delay=0.05):
+    """Deliver st's signal to the main thread again after `delay` seconds (from another thread), unless the
+    run is already reporting it or handled() has ended."""
+    def resend():
+        if st is state and not st.exiting:
+            _thread.interrupt_main(st.signum)
+        else:
+            st.resending = False
+
+    st.resending = True
+    timer = threading.Timer(delay, resend)
+    timer.daemon = True
+    timer.start()
+
+
+def check():
+    """Raise Interrupted if a signal arrived: its exception may have been swallowed on the way (by a ctypes
+    callback, or by code that turned it into another error and went on). A no-op without handled()."""
+    if state.signum is not None and not state.deferring:
+        raise Interrupted(state.signum)
+
+
+@contextlib.contextmanager
+def deferred():
+    """Finish what the block does (a file write) before the first signal takes effect; a second one raises
+    at once."""
+    state.deferring += 1
+    try:
+        yield
+    finally:
+        state.deferring -= 1
+    check()
+
+
+def wraps_interrupt(exc):
+    """True if exc is, or was caused by, an Interrupted or KeyboardInterrupt (the chain of __cause__ and
+    __context__: C code such as Numba's dispatcher re-raises it as a SystemError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def reason(exc):
+    """The Interrupted that ended a run with exception exc, or None if exc is an error of its own: any
+    exception after a signal counts as the interruption, since the signal's exception may have been turned
+    into another one on the way. A KeyboardInterrupt (no handled() here) counts as SIGINT."""
+    if isinstance(exc, Interrupted):
+        return exc
+    if state.signum is not None:
+        return Interrupted(state.signum)
+    if wraps_interrupt(exc):
+        return Interrupted(signal.SIGINT)
+    return None
+
+
+def exiting():
+    """The run is reporting its interruption: from now on another signal ends the process at once."""
+    state.exiting = True
+
+
+@contextlib.contextmanager
+def translated():
+    """Let any exception that a signal caused leave the block as a plain Interrupted (e.g. around a paropt
+    objective: Optuna would store and log a wrapper as a failed trial, with its traceback)."""
+    try:
+        yield
+    except BaseException as e:
+        stop = reason(e)
+        if stop is None or stop is e:
+            raise
+        raise stop from None
