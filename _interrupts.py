@@ -45,7 +45,7 @@ class State:
     """The signal recorded in this process (the first one), and how the handler treats the next one."""
 
     def __init__(self):
-        self.signum, self.deferring, self.exiting, self.resending = None, 0, False, False
+        self.signum, self.deferring, self.exiting, self.resending, self.recording = None, 0, False, False, False
 
 
 state = State()
@@ -61,7 +61,7 @@ def handle(signum, frame):
     first = state.signum is None
     if first:
         state.signum = signum
-    if state.deferring and first:
+    if state.recording or (state.deferring and first):
         return
     raise Interrupted(state.signum)
 
@@ -132,6 +132,21 @@ def deferred():
     check()
 
 
+@contextlib.contextmanager
+def recorded():
+    """Only record signals in the block (for a server that handles them itself and passes them on once it
+    has stopped). Yields a list that then holds the signal, if one came; it is taken off the state."""
+    got = []
+    state.recording = True
+    try:
+        yield got
+    finally:
+        state.recording = False
+        if state.signum is not None:
+            got.append(state.signum)
+            state.signum = None
+
+
 def wraps_interrupt(exc):
     """True if exc is, or was caused by, an Interrupted or KeyboardInterrupt (the chain of __cause__ and
     __context__: C code such as Numba's dispatcher re-raises it as a SystemError)."""
@@ -173,3 +188,27 @@ def translated():
         if stop is None or stop is e:
             raise
         raise stop from None
+
+
+def run_main(body, errors, report_error, interrupted_line, cleanup=None):
+    """The frame of a command line's main(): body() under handled(); returns its exit code. An exception of
+    the classes `errors` is reported by report_error(e), which returns the code; an interruption prints the
+    one line interrupted_line(stop) on stderr, then runs cleanup() (a second signal ends it at once) and
+    returns 130 or 143; anything else propagates."""
+    with handled():
+        try:
+            code = body()
+            check()   # a signal that C code swallowed on the way still counts
+            return code
+        except BaseException as e:
+            stop = reason(e)
+            if stop is None:
+                if isinstance(e, errors):
+                    return report_error(e)
+                raise
+            exiting()
+            sys.stdout.flush()
+            print(interrupted_line(stop), file=sys.stderr)
+            if cleanup is not None:
+                cleanup()
+            return stop.exit_code

@@ -293,22 +293,8 @@ def build_parser():
 
 def main(argv=None):
     progress = Progress()
-    with _interrupts.handled():
-        try:
-            code = _main(sys.argv[1:] if argv is None else argv, progress)
-            _interrupts.check()   # a signal that C code swallowed on the way still counts
-            return code
-        except BaseException as e:
-            stop = _interrupts.reason(e)
-            if stop is None:
-                if isinstance(e, InputError):
-                    return cli.report_error(str(e))
-                raise
-            _interrupts.exiting()   # (a second signal now ends the process at once)
-            sys.stdout.flush()
-            print(progress.interrupted_line(stop), file=sys.stderr)
-            progress.fail_interrupted_trial()
-            return stop.exit_code
+    return _interrupts.run_main(lambda: _main(sys.argv[1:] if argv is None else argv, progress), InputError,
+                                cli.report_error, progress.interrupted_line, progress.fail_interrupted_trial)
 
 
 class Progress:

@@ -126,21 +126,8 @@ def main(argv=None, interrupted_line=None):
         module = importlib.import_module(('.' if __package__ else '') + SUBCOMMANDS[argv[0]], __package__ or None)
         return module.main(argv[1:])
     progress = Progress()
-    with _interrupts.handled():
-        try:
-            code = _main(argv, progress)
-            _interrupts.check()   # a signal that C code swallowed on the way still counts
-            return code
-        except BaseException as e:
-            stop = _interrupts.reason(e)
-            if stop is None:
-                if isinstance(e, cli.InputError):
-                    return cli.report_error(str(e))
-                raise
-            _interrupts.exiting()
-            sys.stdout.flush()
-            print((interrupted_line or progress.interrupted_line)(stop), file=sys.stderr)
-            return stop.exit_code
+    return _interrupts.run_main(lambda: _main(argv, progress), cli.InputError, cli.report_error,
+                                interrupted_line or progress.interrupted_line)
 
 
 class Progress:
