@@ -15,7 +15,8 @@ ctypes callback function") and the run goes on. So the signal is also recorded, 
   error that a library made of it).
 Inside deferred() (writing a checkpoint or a model) the first signal is only recorded and raised when the
 write is done; a second one raises at once (the writes are atomic: the old file stays). Once a command line
-reports the interruption (exiting()), another signal ends the process at once.
+reports the interruption (exiting()), another signal is ignored until its line is printed, then ends the
+process at once.
 
 Standard library only: the command lines use it before numpy or PyTensor are imported.
 """
@@ -54,8 +55,8 @@ state = State()
 def handle(signum, frame):
     """The signal handler: record the signal and raise Interrupted (see the module's docstring)."""
     resent, state.resending = state.resending, False
-    if state.exiting:   # the line is printed: a second Ctrl-C ends the clean-up (e.g. a storage write) at once
-        if resent:
+    if state.exiting:   # until the line is printed, nothing; then a second Ctrl-C ends the clean-up at once
+        if resent or state.exiting == 'reporting':
             return
         os._exit(128 + signum)
     first = state.signum is None
@@ -172,9 +173,10 @@ def reason(exc):
     return None
 
 
-def exiting():
-    """The run is reporting its interruption: from now on another signal ends the process at once."""
-    state.exiting = True
+def exiting(reported=False):
+    """The run is reporting its interruption: another signal is ignored until its line is printed
+    (reported=True), then ends the process at once."""
+    state.exiting = 'done' if reported else 'reporting'
 
 
 @contextlib.contextmanager
@@ -208,7 +210,8 @@ def run_main(body, errors, report_error, interrupted_line, cleanup=None):
                 raise
             exiting()
             sys.stdout.flush()
-            print(interrupted_line(stop), file=sys.stderr)
+            print(interrupted_line(stop), file=sys.stderr, flush=True)
+            exiting(reported=True)
             if cleanup is not None:
                 cleanup()
             return stop.exit_code

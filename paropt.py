@@ -299,10 +299,10 @@ def main(argv=None):
 
 class Progress:
     """How far the search got, for the one line that reports a Ctrl-C or SIGTERM: the study once it is open,
-    the number of the last trial started."""
+    the number of the last trial started, the best-parameters file once the final run starts."""
 
     def __init__(self):
-        self.storage = self.study = self.trial = None
+        self.storage = self.study = self.trial = self.output = None
 
     def running(self):
         """The last trial started, if it is still running in the storage (it was interrupted)."""
@@ -314,6 +314,9 @@ class Progress:
 
     def interrupted_line(self, stop):
         head = f'Interrupted ({stop.name})'
+        if self.output is not None:
+            return (f'{head} during the final run; the study in {self.storage} is complete and its best parameters '
+                    f'are in {self.output}.')
         if self.study is None:
             return f'{head} before the search started; nothing was stored.'
         trial = self.running()
@@ -407,14 +410,14 @@ def _search(args, mod, evaluation, progress):
     print(f'Best parameters: {args.output} (python run.py TRAIN -t TEST -pf {args.output})')
     print('-' * 80)
     if args.final_measure:
+        progress.output = args.output   # (the final run reports an interruption with this)
         print('Training the best parameters once more for the final evaluation')
         # -d: the device as this process now sees it (apply_config may have left only that GPU visible)
         code = run.main([args.path, '-t', args.test_path, '-pf', args.output, '-m', *map(str, args.final_measure),
                          '-e', args.eval_type, '--seed', str(args.seed), '-ss', str(args.sample_store_size),
                          '-d', args.own['model_device'] or 'cpu', '--backend', args.own['backend']]
                         + (['-g', args.gru4rec_model] if args.gru4rec_model != 'gru4rec' else []),
-                        interrupted_line=lambda stop: f'Interrupted ({stop.name}) during the final run; the study in '
-                        f'{args.storage} is complete and its best parameters are in {args.output}.')
+                        interrupted_line=progress.interrupted_line)
         if code:
             return code
     return 0

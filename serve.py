@@ -383,12 +383,24 @@ def _main(argv):
     except OSError as e:
         raise InputError(f'Cannot listen on {args.host}:{args.port}: {e.strerror or e}') from None
     host, port = sock.getsockname()[:2]
-    print(f'Serving {args.model} ({model.n_items} items) on http://{host}:{port} '
-          f'(micro-batching {"off" if args.no_batching else f"{args.batch_window_ms:g} ms / {args.max_batch}"}); '
-          f'docs at /docs, OpenAPI at /openapi.json', flush=True)
+    serving = (f'Serving {args.model} ({model.n_items} items) on http://{host}:{port} (micro-batching '
+               f'{"off" if args.no_batching else f"{args.batch_window_ms:g} ms / {args.max_batch}"}); '
+               f'docs at /docs, OpenAPI at /openapi.json')
+
+    class Server(uvicorn.Server):
+        """Announces itself once uvicorn's signal handlers are in place; a signal that came before them (only
+        recorded, see below) stops it at once."""
+
+        async def startup(self, sockets=None):
+            await super().startup(sockets=sockets)
+            if _interrupts.state.signum is not None:
+                self.should_exit = True
+            else:
+                print(serving, flush=True)
+
     config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=args.graceful_timeout,
                             access_log=False, lifespan='on')
-    server = uvicorn.Server(config)
+    server = Server(config)
     # uvicorn handles SIGINT and SIGTERM while it serves (graceful shutdown; a second Ctrl-C forces it), then
     # passes them on to our handler, which only records them here: a stop by signal is the normal end of a
     # service (exit code 0, as service managers expect)
