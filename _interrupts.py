@@ -116,8 +116,9 @@ def resend_later(st, delay=0.05):
 
 def check():
     """Raise Interrupted if a signal arrived: its exception may have been swallowed on the way (by a ctypes
-    callback, or by code that turned it into another error and went on). A no-op without handled()."""
-    if state.signum is not None and not state.deferring:
+    callback, or by code that turned it into another error and went on). A no-op without handled(), and
+    inside deferred() and recorded()."""
+    if state.signum is not None and not state.deferring and not state.recording:
         raise Interrupted(state.signum)
 
 
