@@ -7,10 +7,10 @@ Every trial trains on TRAIN with the fixed parameters (-fp) plus the ones Optuna
 parameter space file (-opf) and is scored by recall or MRR at one cut-off (-m, -pm) on VALID after every
 epoch; the median pruner stops trials that fall behind the others at the same epoch. The study lives in
 an SQLite file (--storage): rerunning the same command continues it, and trials finished before an
-interruption are kept (Ctrl-C or SIGTERM: one line, exit code 130 or 143; the interrupted trial is stored as
-failed and does not count towards -nt). Whenever the best trial changes, its parameters are written to the -o file, which
-`run.py -pf` reads. At the end the best parameters are trained once more and evaluated at every -fm
-cut-off, as in the original.
+interruption are kept (Ctrl-C or SIGTERM: one line, exit code 130 or 143; the interrupted trial is stored
+as failed and does not count towards -nt). Whenever the best trial changes, its parameters are written to
+the -o file, which `run.py -pf` reads. At the end the best parameters are trained once more and evaluated
+at every -fm cut-off, as in the original.
 
 Parameter space file: one JSON object per line, e.g.
     {"name": "layers", "dtype": "int", "values": [64, 512], "step": 32}

@@ -144,7 +144,8 @@ class Progress:
         if args is None or (args.load_model and self.stage == 'start'):
             return f'{head} before anything was written.'
         if args.load_model:
-            return f'{head} during the evaluation of {self.test}; nothing was written.'
+            return (f'{head} during the evaluation of {self.test}; nothing was written.' if self.stage == 'evaluating'
+                    else f'{head} while writing the results (each file is written whole or not at all).')
         done = len(getattr(self.model, 'epoch_stats_', None) or [])
         ckpt = checkpoint_epochs(args.checkpoint_dir) if args.checkpoint_dir and (args.resume or done) else 0
         n_epochs = getattr(self.model, 'n_epochs', None)
@@ -154,7 +155,9 @@ class Progress:
             else 'after the last epoch')
         kept = ([f'the model is saved in {self.saved}'] if self.saved else []) \
             + ([f'the checkpoint of epoch {ckpt} is in {args.checkpoint_dir}'] if ckpt else [])
-        if self.stage in ('evaluating', 'writing'):
+        if self.stage == 'writing':
+            how = ' (each result file is written whole or not at all)'
+        elif self.stage == 'evaluating':
             how = ' (evaluate it with -l)' if self.saved else '' if kept else ' (use -s to keep the model)'
         elif ckpt:
             how = ': rerun the same command to continue' if args.resume else ': rerun with --resume to continue'
