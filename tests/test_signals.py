@@ -155,11 +155,12 @@ def test_paropt_ctrl_c_between_trials(data, tmp_path):
     pytest.importorskip('optuna')
     out, err, rc = signal_at(paropt(data, tmp_path, '-nt', 3), ['New best: trial 0'], signal.SIGINT)
     assert rc == 130 and len(err) == 1, err
-    # the signal lands before the next trial is asked for, or early in it
+    # the signal lands before the next trial is asked for, while Optuna creates it (it stays running until the
+    # next run stores it as failed, as after a kill), or early in the trial
     between = re.fullmatch(r'Interrupted \(SIGINT\) between trials; 1 finished trial\(s\) are stored in .*: rerun the '
                            r'same command to continue\.', err[0])
     assert between or err[0].startswith('Interrupted (SIGINT) during trial 1; 1 finished trial(s)'), err
-    assert trial_states(tmp_path) == ['COMPLETE'] if between else ['COMPLETE', 'FAIL']
+    assert trial_states(tmp_path) in ([['COMPLETE'], ['COMPLETE', 'RUNNING']] if between else [['COMPLETE', 'FAIL']])
 
 
 def test_paropt_ctrl_c_during_the_final_run(data, tmp_path):
