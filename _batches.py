@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 if __package__:
-    from . import _params
+    from . import _interrupts, _params
 else:
-    import _params
+    import _interrupts, _params  # noqa: E401
 
 
 # --- the data ----------------------------------------------------------------------------------------
@@ -61,7 +61,8 @@ def session_parallel_batches(items, offsets, order, batch_size, min_active=1):
     and the batch shrinks. inp/out: item indices of the M active slots; reset[s]: out[s] is its session's
     last event (the slot's hidden state must be zeroed after this step); keep: None, or the indices of the
     rows of the previous step's hidden state that are still active (slots were dropped before this step).
-    The pass stops when fewer than `min_active` slots are left."""
+    The pass stops when fewer than `min_active` slots are left. Every step first raises a Ctrl-C or SIGTERM
+    that arrived and was swallowed on the way (_interrupts.check: a no-op outside the command lines)."""
     n_sessions = len(order)
     n = min(batch_size, n_sessions)
     if n == 0:
@@ -80,6 +81,7 @@ def session_parallel_batches(items, offsets, order, batch_size, min_active=1):
             inp = out
             pos += 1
             out = items[pos]
+            _interrupts.check()
             yield inp, out, left == k + 1, keep
             keep = None
         start += minlen - 1

@@ -18,9 +18,9 @@ import pytensor.tensor as pt
 from pytensor.graph.replace import clone_replace
 
 if __package__:
-    from . import _batches, _checkpoint, _devices, _files, _graph, _optim, _params, _sampling, custom_opt
+    from . import _batches, _checkpoint, _devices, _files, _graph, _interrupts, _optim, _params, _sampling, custom_opt
 else:
-    import _batches, _checkpoint, _devices, _files, _graph, _optim, _params, _sampling, custom_opt  # noqa: E401
+    import _batches, _checkpoint, _devices, _files, _graph, _interrupts, _optim, _params, _sampling, custom_opt  # noqa: E401
 
 FLOAT = _graph.FLOAT
 GRU4RecError = _params.GRU4RecError
@@ -208,6 +208,7 @@ class TrainingRun:
         self.sampler = _sampling.new_sampler(p, options.store_type, options.sample_store, self.item_support, self.rng)
         self.width = min(p.batch_size, len(self.offsets) - 1)
         draws = self.sampler if options.store_type == 'gpu' else None
+        print('Compiling the training step', flush=True)   # the pause of the first epoch (Numba: up to ~30 s)
         if options.chunk:
             self.train_fn, g = compile_chunked(p, self.weights, self.logq, mode, draws, self.width, self.n_items,
                                                static_k=options.backend == 'jax')
@@ -313,10 +314,13 @@ class TrainingRun:
                 np.array([m for _, m in self.step_log], dtype=np.int64))
 
     def save_checkpoint(self, epochs_done, epoch_stats):
-        payload = _files.model_payload(_files.saved_params(self.p), self.itemidmap.index, self.item_support,
-                                       lambda: _graph.weight_arrays(self.weights))
-        _files.write_checkpoint(self.options.checkpoint, payload, epochs_done, self.fingerprint, epoch_stats,
-                                self.streams, self.opt_states)
+        """Write the checkpoint of `epochs_done` finished epochs; a Ctrl-C or SIGTERM meanwhile takes effect
+        once it is written (a second one at once; the write is atomic)."""
+        with _interrupts.deferred():
+            payload = _files.model_payload(_files.saved_params(self.p), self.itemidmap.index, self.item_support,
+                                           lambda: _graph.weight_arrays(self.weights))
+            _files.write_checkpoint(self.options.checkpoint, payload, epochs_done, self.fingerprint, epoch_stats,
+                                    self.streams, self.opt_states)
 
     def restore_checkpoint(self):
         """Continue from the checkpoint that fit_options read and __init__ checked; returns (finished epochs,

@@ -7,9 +7,10 @@ Every trial trains on TRAIN with the fixed parameters (-fp) plus the ones Optuna
 parameter space file (-opf) and is scored by recall or MRR at one cut-off (-m, -pm) on VALID after every
 epoch; the median pruner stops trials that fall behind the others at the same epoch. The study lives in
 an SQLite file (--storage): rerunning the same command continues it, and trials finished before an
-interruption are kept. Whenever the best trial changes, its parameters are written to the -o file, which
-`run.py -pf` reads. At the end the best parameters are trained once more and evaluated at every -fm
-cut-off, as in the original.
+interruption are kept (Ctrl-C or SIGTERM: one line, exit code 130 or 143; the interrupted trial is stored
+as failed and does not count towards -nt). Whenever the best trial changes, its parameters are written to
+the -o file, which `run.py -pf` reads. At the end the best parameters are trained once more and evaluated
+at every -fm cut-off, as in the original.
 
 Several workers may share one study and its -nt budget: start paropt several times (on one machine or many)
 with the same --storage (an SQLite file, or a database URL such as postgresql://user@host/db), or use
@@ -32,9 +33,9 @@ import time
 from collections import OrderedDict
 
 if __package__:
-    from . import _study, _workers, cli, run
+    from . import _interrupts, _study, _workers, cli, run
 else:
-    import _study, _workers, cli, run  # noqa: E401
+    import _interrupts, _study, _workers, cli, run  # noqa: E401
 
 InputError = cli.InputError
 DTYPES = ('int', 'float', 'categorical')
@@ -291,13 +292,56 @@ def build_parser():
 
 
 def main(argv=None):
-    try:
-        return _main(sys.argv[1:] if argv is None else argv)
-    except InputError as e:
-        return cli.report_error(str(e))
+    progress = Progress()
+    return _interrupts.run_main(lambda: _main(sys.argv[1:] if argv is None else argv, progress), InputError,
+                                cli.report_error, progress.interrupted_line, progress.fail_interrupted_trial)
 
 
-def _main(argv):
+class Progress:
+    """How far the search got, for the one line that reports a Ctrl-C or SIGTERM: the study once it is open,
+    the number of the last trial started, the best-parameters file once the final run starts."""
+
+    def __init__(self):
+        self.storage = self.study = self.store = self.trial = self.output = None
+
+    def objective(self, objective):
+        """`objective` that records the trial it runs (until it returns or raises anything but an interrupt)."""
+        def run(trial):
+            self.trial = trial.number
+            with _interrupts.translated():   # Optuna would store and log a wrapped signal as the trial's error
+                _interrupts.check()
+                try:
+                    value = objective(trial)
+                except Exception:
+                    self.trial = None
+                    raise
+            self.trial = None
+            return value
+        return run
+
+    def interrupted_line(self, stop):
+        head = f'Interrupted ({stop.name})'
+        if self.output is not None:
+            return (f'{head} during the final run; the study in {self.storage} is complete and its best parameters '
+                    f'are in {self.output}.')
+        if self.study is None:
+            return f'{head} before the search started; nothing was stored.'
+        where = f'during trial {self.trial}' if self.trial is not None else 'between trials'
+        failed = f' (trial {self.trial} did not finish and is stored as failed)' if self.trial is not None else ''
+        done = _study.counts(self.study, self.store)[0]
+        return (f'{head} {where}; {done} finished trial(s) are stored in {self.storage}{failed}: '
+                'rerun the same command to continue.')
+
+    def fail_interrupted_trial(self):
+        """Store the interrupted trial as failed (not as complete with a partial score; it does not count
+        towards -nt), if _study.run_trials has not done so yet. A run killed before this leaves it running:
+        its heartbeat stops, and another worker or the next run fails it."""
+        from optuna.trial import TrialState
+        if self.study is not None and self.trial is not None:
+            self.study.tell(self.trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def _main(argv, progress):
     args = build_parser().parse_args(argv)   # usage errors raise InputError (cli.Parser)
     if args.ntrials < 1:
         raise InputError('-nt/--ntrials must be at least 1')
@@ -328,12 +372,12 @@ def _main(argv):
     args.storage_url, args.storage_shown = _study.check_storage(args.storage)
     mod = cli.import_model_module(args.gru4rec_model)   # numpy, PyTensor (and JAX) are imported from here on
     try:
-        return _search(args, mod, cli.sibling('evaluation'), argv)
+        return _search(args, mod, cli.sibling('evaluation'), argv, progress)
     except mod.GRU4RecError as e:
-        return cli.report_error(str(e))
+        raise InputError(str(e)) from None
 
 
-def _search(args, mod, evaluation, argv):
+def _search(args, mod, evaluation, argv, progress):
     import optuna
     probe = mod.GRU4Rec()
     keys = (args.session_key or probe.session_key, args.item_key or probe.item_key, args.time_key or probe.time_key)
@@ -354,6 +398,7 @@ def _search(args, mod, evaluation, argv):
     storage = _study.open_storage(args.storage_url, args.storage_shown, args.heartbeat)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2) if args.pruning else optuna.pruners.NopPruner()
     study, created = _study.open_study(storage, args.study_name, args.storage_shown, define, pruner)
+    progress.storage, progress.study, progress.store = args.storage_shown, study, storage
     _study.fail_stale(study)
     done, running = _study.counts(study, storage)
     if not created:
@@ -362,19 +407,14 @@ def _search(args, mod, evaluation, argv):
                  if running else ''))
     if args.n_workers > 1 and args.worker is None:
         del train, valid, search.train, search.valid
-        return _parent(args, study, storage, search, argv)
+        return _parent(args, study, storage, search, argv, progress)
     already_done = done >= args.ntrials
     best = write_best(study, search, args.output)
     if not already_done:
         print(f'Running trials to reach {args.ntrials} finished trials, {done} finished so far (storage: {args.storage_shown})', flush=True)
-        try:
-            mine = _study.run_trials(study, storage, search.objective, args.ntrials,
-                                     lambda n: optuna.samplers.TPESampler(seed=args.seed + n),
-                                     lambda study: write_best(study, search, args.output), catch=(TrialError,))
-        except KeyboardInterrupt:
-            print(f'\nInterrupted: {_study.counts(study, storage)[0]} finished trial(s) are kept in {args.storage_shown}; '
-                  'rerun the same command to continue.', file=sys.stderr)
-            return 130
+        mine = _study.run_trials(study, storage, progress.objective(search.objective), args.ntrials,
+                                 lambda n: optuna.samplers.TPESampler(seed=args.seed + n),
+                                 lambda study: write_best(study, search, args.output), catch=(TrialError,))
         best = write_best(study, search, args.output)
     else:
         print(f'The study already has {done} finished trials (-nt {args.ntrials}): nothing to run')
@@ -387,18 +427,18 @@ def _search(args, mod, evaluation, argv):
         print(f'The study has its {args.ntrials} finished trials; the worker of its last one (trial {last}) '
               'reports and makes the final run with the best parameters')
         return 0
-    return _report(args, study)
+    return _report(args, study, progress)
 
 
-def _parent(args, study, storage, search, argv):
+def _parent(args, study, storage, search, argv, progress):
     """--n_workers K: run K workers of this command line and wait; then report and make the final run."""
     command = [sys.executable, '-m', f'{__package__}.paropt'] if __package__ else [sys.executable, os.path.abspath(__file__)]
     print(f'Starting {args.n_workers} workers (storage: {args.storage_shown})', flush=True)
     codes, sig, errors = _workers.run_workers(command + list(argv), args.n_workers)
     done = _study.counts(study, storage)[0]
     if sig is not None:
-        print(f'\nInterrupted: the workers stopped; {done} finished trial(s) are kept in {args.storage_shown}; '
-              'rerun the same command to continue.', file=sys.stderr)
+        print(f'Interrupted ({signal.Signals(sig).name}); the workers stopped; {done} finished trial(s) are stored '
+              f'in {args.storage_shown}: rerun the same command to continue.', file=sys.stderr)
         return 130 if sig == signal.SIGINT else 143
     failed = [(i, code, errors[i]) for i, code in enumerate(codes) if code]
     if failed:
@@ -409,10 +449,10 @@ def _parent(args, study, storage, search, argv):
             print(f'Worker {i} ended with exit code {code}', file=sys.stderr)
         return code if code > 0 else cli.EXIT_TRAINING_FAILED
     write_best(study, search, args.output)
-    return _report(args, study)
+    return _report(args, study, progress)
 
 
-def _report(args, study):
+def _report(args, study, progress):
     """The best trial, and the final run of its parameters at every -fm cut-off."""
     best = study.best_trial
     print('-' * 80)
@@ -421,12 +461,14 @@ def _report(args, study):
     print(f'Best parameters: {args.output} (python run.py TRAIN -t TEST -pf {args.output})')
     print('-' * 80)
     if args.final_measure:
+        progress.output = args.output   # (the final run reports an interruption with this)
         print('Training the best parameters once more for the final evaluation')
         # -d: the device as this process now sees it (apply_config may have left only that GPU visible)
         code = run.main([args.path, '-t', args.test_path, '-pf', args.output, '-m', *map(str, args.final_measure),
                          '-e', args.eval_type, '--seed', str(args.seed), '-ss', str(args.sample_store_size),
                          '-d', args.own['model_device'] or 'cpu', '--backend', args.own['backend']]
-                        + (['-g', args.gru4rec_model] if args.gru4rec_model != 'gru4rec' else []))
+                        + (['-g', args.gru4rec_model] if args.gru4rec_model != 'gru4rec' else []),
+                        interrupted_line=progress.interrupted_line)
         if code:
             return code
     return 0

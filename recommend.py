@@ -43,10 +43,10 @@ import numpy as np
 import pandas as pd
 
 if __package__:
-    from . import _item_ids
+    from . import _interrupts, _item_ids
     from ._params import GRU4RecError
 else:
-    import _item_ids
+    import _interrupts, _item_ids  # noqa: E401
     from _params import GRU4RecError
 
 __all__ = ['ModelAdapter', 'Recommendations', 'top_k', 'recommend', 'recommend_batch', 'LiveSessions', 'GRU4RecError']
@@ -355,6 +355,7 @@ def recommend_batch(model, events, k=20, exclude_seen=False, candidates=None, ev
     out_sess, out_pos, out_items, out_scores, out_counts = [], [], [], [], []
     bar = _bar(progress, len(rows))
     for b0 in range(0, len(order), batch_size):
+        _interrupts.check()   # a Ctrl-C that C code swallowed (a no-op outside the command lines)
         block = order[b0:b0 + batch_size]          # lengths non-increasing
         lens, start = lengths[block], offsets[block]
         H = ad.zero_state(len(block))

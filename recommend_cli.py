@@ -2,16 +2,17 @@
 after every event) of an events file, written as CSV / TSV / Parquet / JSON lines by OUT's extension.
 
 Same conventions as run.py: configuration (-d/--backend, flags file, PYTENSOR_FLAGS) applied before numpy or
-PyTensor is imported; bad input is one 'ERROR.' line on stderr, exit code 2, and nothing written.
+PyTensor is imported; bad input is one 'ERROR.' line on stderr, exit code 2, and nothing written; Ctrl-C or
+SIGTERM is one line, exit code 130 or 143, and nothing written (the output is written at the end, atomically).
 Clicks on items the model does not know are skipped (see recommend.py); a line on stdout counts them.
 """
 import os
 import sys
 
 if __package__:
-    from . import cli
+    from . import _interrupts, cli
 else:
-    import cli
+    import _interrupts, cli  # noqa: E401
 
 InputError = cli.InputError
 OUTPUT_FORMATS = {'.csv': 'csv', '.tsv': 'tsv', '.txt': 'tsv', '.parquet': 'parquet', '.jsonl': 'jsonl', '.json': 'jsonl',
@@ -47,13 +48,10 @@ def output_format(path):
 
 def main(argv):
     """Entry point (run.py dispatches `recommend ...` here). Returns the exit code."""
-    try:
-        return _main(argv)
-    except InputError as e:
-        return _error(e)
-    except KeyboardInterrupt:
-        print('Interrupted.', file=sys.stderr)
-        return 130
+    written = []   # the output file, once it is written
+    return _interrupts.run_main(lambda: _main(argv, written), InputError, _error, lambda stop: (
+        f'Interrupted ({stop.name}); ' + (f'the recommendations were written to {written[0]}.' if written
+                                          else 'nothing was written.')))
 
 
 def _error(message):
@@ -62,7 +60,7 @@ def _error(message):
     return cli.EXIT_BAD_INPUT
 
 
-def _main(argv):
+def _main(argv, written):
     args = build_parser().parse_args(argv)
     if args.k < 1:
         raise InputError(f'-k must be a positive integer, got {args.k}')
@@ -88,9 +86,9 @@ def _main(argv):
     own['model_device'] = cli.apply_config(own, flags)
     model_module = cli.sibling('gru4rec')
     try:
-        return _recommend(args, own, fmt, candidates, model_module)
+        return _recommend(args, own, fmt, candidates, model_module, written)
     except model_module.GRU4RecError as e:
-        return _error(e)
+        raise InputError(str(e)) from None
 
 
 def importlib_find(name):
@@ -98,7 +96,7 @@ def importlib_find(name):
     return importlib.util.find_spec(name)
 
 
-def _recommend(args, own, fmt, candidates, mod):
+def _recommend(args, own, fmt, candidates, mod, written):
     rec = cli.sibling('recommend')
     if not os.path.isfile(args.model):
         raise InputError(f'The model file does not exist: {args.model}')
@@ -117,6 +115,7 @@ def _recommend(args, own, fmt, candidates, mod):
         print(f'Skipped {skipped} events with items unknown to the model'
               + (f' ({empty} sessions had no known item and get no recommendation)' if empty else ''))
     write_output(result, args.output, fmt, mod.atomic_write)
+    written.append(args.output)
     n_sessions = result['session'].nunique()
     print(f'Wrote {len(result)} recommendations for {n_sessions} sessions to {args.output}')
     return 0

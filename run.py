@@ -7,7 +7,8 @@
 Configuration (PyTensor flags plus our own `device` and `backend`) comes from, in increasing priority:
 the flags file `.theanorc_gru4rec` beside this script, the environment (THEANO_FLAGS, then PYTENSOR_FLAGS),
 and the command line (-d/--device, --backend). It is applied before PyTensor is imported (cli.py).
-Bad input ends with one line on stderr starting with 'ERROR.' and exit code 2.
+Bad input ends with one line on stderr starting with 'ERROR.' and exit code 2. Ctrl-C or SIGTERM ends with one
+line saying what was kept and how to continue, exit code 130 or 143 (_interrupts.py).
 """
 import argparse
 import importlib.util
@@ -19,10 +20,9 @@ import time
 from collections import OrderedDict
 
 if __package__:
-    from . import _outputs, cli
+    from . import _interrupts, _outputs, cli
 else:
-    import _outputs
-    import cli
+    import _interrupts, _outputs, cli  # noqa: E401
 
 # Names that lived here before cli.py held what run.py and paropt.py share (scripts import them from here).
 InputError, EXIT_BAD_INPUT, EXIT_TRAINING_FAILED, FLAGS_FILE, OWN_FLAGS = (
@@ -131,22 +131,70 @@ def check_test_against_items(n, n_items):
 SUBCOMMANDS = {'recommend': 'recommend_cli', 'serve': 'serve'}   # first word -> module with main(argv)
 
 
-def main(argv=None):
+def main(argv=None, interrupted_line=None):
+    """Run the command line; returns the exit code. interrupted_line: a function of the Interrupted returning the
+    line to print instead of our own (paropt's final run says what its study kept)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in SUBCOMMANDS:   # `gru4rec recommend ...`, `gru4rec serve ...` (issue 20)
         module = importlib.import_module(('.' if __package__ else '') + SUBCOMMANDS[argv[0]], __package__ or None)
         return module.main(argv[1:])
+    progress = Progress()
+    return _interrupts.run_main(lambda: _main(argv, progress), cli.InputError, cli.report_error,
+                                interrupted_line or progress.interrupted_line)
+
+
+class Progress:
+    """How far a run got, for the one line that reports a Ctrl-C or SIGTERM. stage: start (before training or
+    while loading the model), training, saving, evaluating (test: the file), writing (metrics, plot)."""
+
+    def __init__(self):
+        self.args = self.model = self.saved = self.test = None
+        self.stage = 'start'
+
+    def interrupted_line(self, stop):
+        """'Interrupted (SIGNAL) <where>; <what was kept>[: <how to continue>].'"""
+        args, head = self.args, f'Interrupted ({stop.name})'
+        if args is None or (args.load_model and self.stage == 'start'):
+            return f'{head} before anything was written.'
+        if args.load_model:
+            return (f'{head} during the evaluation of {self.test}; nothing was written.' if self.stage == 'evaluating'
+                    else f'{head} while writing the results (each file is written whole or not at all).')
+        done = len(getattr(self.model, 'epoch_stats_', None) or [])
+        ckpt = checkpoint_epochs(args.checkpoint_dir) if args.checkpoint_dir and (args.resume or done) else 0
+        n_epochs = getattr(self.model, 'n_epochs', None)
+        where = {'start': 'before training', 'saving': 'while saving the model',
+                 'evaluating': f'during the evaluation of {self.test}', 'writing': 'while writing the results'}.get(
+            self.stage, f'during epoch {max(done, ckpt) + 1}' if n_epochs is None or max(done, ckpt) < n_epochs
+            else 'after the last epoch')
+        kept = ([f'the model is saved in {self.saved}'] if self.saved else []) \
+            + ([f'the checkpoint of epoch {ckpt} is in {args.checkpoint_dir}'] if ckpt else [])
+        if self.stage == 'writing':
+            how = ' (each result file is written whole or not at all)'
+        elif self.stage == 'evaluating':
+            how = ' (evaluate it with -l)' if self.saved else '' if kept else ' (use -s to keep the model)'
+        elif ckpt:
+            how = ': rerun the same command to continue' if args.resume else ': rerun with --resume to continue'
+        else:
+            how = ' yet (a checkpoint is written after every epoch)' if args.checkpoint_dir \
+                else ' (use --checkpoint_dir to keep progress)'
+        return f'{head} {where}; {" and ".join(kept) or "nothing was saved"}{how}.'
+
+
+def checkpoint_epochs(folder):
+    """Finished epochs of the checkpoint in folder, from its header; 0 if there is none or it is unreadable."""
+    files = cli.sibling('_files')
     try:
-        return _main(argv)
-    except cli.InputError as e:
-        return cli.report_error(str(e))
-    except KeyboardInterrupt:
-        print('Interrupted.', file=sys.stderr)
-        return 130
+        import numpy as np
+        with np.load(os.path.join(folder, files.CHECKPOINT_NAME), allow_pickle=False) as z:
+            return int(files.safe_header(z)['checkpoint']['epochs_done'])
+    except Exception:
+        return 0
 
 
-def _main(argv):
+def _main(argv, progress):
     args = parse_args(argv)
+    progress.args = args
+    args.progress = progress   # the stages below update it
     own, pytensor_flags = cli.resolve_config(args.device, args.backend)
     own['model_device'] = cli.apply_config(own, pytensor_flags)
     mod = cli.import_model_module(args.gru4rec_model)   # numpy, PyTensor (and JAX) are imported from here on
@@ -154,7 +202,7 @@ def _main(argv):
     try:
         return _run(args, own, mod, cli.sibling('evaluation'))
     except mod.GRU4RecError as e:
-        return cli.report_error(str(e))
+        raise cli.InputError(str(e)) from None
 
 
 def _run(args, own, mod, evaluation):
@@ -176,6 +224,7 @@ def _run(args, own, mod, evaluation):
         if tests is None:
             tests = cli.load_test_files(args.test, keys, gru.itemidmap_.index)
         evaluate_tests(args, gru, tests, items, keys, evaluation, record)
+        args.progress.stage = 'writing'
     except TrainingStopped as e:
         cli.report_error(str(e))
         return cli.EXIT_TRAINING_FAILED
@@ -237,6 +286,7 @@ def train_model(args, own, mod, keys_cli, record, created, failed):
     print('Creating GRU4Rec model')
     gru = mod.GRU4Rec(backend=own['backend'], device=own['model_device'])
     gru.set_params(**params)
+    args.progress.model = gru
     cli.check_device(gru, own, mod.GRU4RecError)
     keys = (gru.session_key, gru.item_key, gru.time_key)
     make_output_folders(args, created)
@@ -250,6 +300,7 @@ def train_model(args, own, mod, keys_cli, record, created, failed):
         store_type = 'cpu'
         print('WARNING! The sample store is set to be on the CPU. This will make training significantly slower on the GPU.')
     print('Started training')
+    args.progress.stage = 'training'
     t0 = time.time()
     try:
         gru.fit(data, sample_store=args.sample_store_size, store_type=store_type,
@@ -272,7 +323,12 @@ def train_model(args, own, mod, keys_cli, record, created, failed):
     del data
     if args.save_model is not None:
         print(f'Saving trained model to: {args.save_model}')
-        write_output(args.save_model, 'the model', gru.savemodel, failed)
+        args.progress.stage = 'saving'
+        with _interrupts.deferred():   # a Ctrl-C now takes effect once the model is written
+            n_failed = len(failed)
+            write_output(args.save_model, 'the model', gru.savemodel, failed)
+            if len(failed) == n_failed:   # (else the ERROR line names the fallback file)
+                args.progress.saved = args.save_model
     return gru, tests
 
 
@@ -307,6 +363,7 @@ def candidate_items(args, gru):
 def evaluate_tests(args, gru, tests, items, keys, evaluation, record):
     """Evaluate on every test file, printing the original's lines; the results go to record['evaluation']."""
     for test_file, (test, message) in zip(args.test or [], tests):
+        args.progress.stage, args.progress.test = 'evaluating', test_file
         print('Loading test data...')
         print(message)
         print(f'Starting evaluation (cut-off={args.measure}, using {args.eval_type} mode for tiebreaking)')

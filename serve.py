@@ -13,7 +13,8 @@ click. Unknown item IDs follow recommend.py's policy (skipped, listed under "ski
 at most --capacity live sessions (least recently used evicted; --idle_timeout), request bodies of at most
 --max_body bytes, lists of at most --max_items IDs, k <= --max_k, at most --max_pending queued clicks
 (503 beyond). Bad requests get a JSON {"error": ...} with a 4xx code. SIGTERM / Ctrl-C: no new
-connections; requests in flight finish (up to --graceful_timeout s), then the process exits.
+connections; requests in flight finish (up to --graceful_timeout s), then the process prints one line and
+exits with code 0 (a signal during start-up: one line, exit code 130 or 143).
 Binds to 127.0.0.1 unless --host says otherwise.
 """
 import asyncio
@@ -24,9 +25,9 @@ import sys
 import time
 
 if __package__:
-    from . import cli
+    from . import _interrupts, cli
 else:
-    import cli
+    import _interrupts, cli  # noqa: E401
 
 InputError = cli.InputError
 
@@ -193,6 +194,7 @@ def create_app(model, settings=None):
     app = FastAPI(title='GRU4Rec live recommendations', version='1',
                   description=__doc__.split('\n\n')[1] if __doc__ else None, lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=s.max_body)
+    app.state.sessions = store
 
     def error(code, message):
         return JSONResponse(status_code=code, content={'error': message})
@@ -334,14 +336,8 @@ def build_parser():
 
 
 def main(argv):
-    try:
-        return _main(argv)
-    except InputError as e:
-        sys.stdout.flush()
-        print('ERROR. ' + ' '.join(str(e).split()), file=sys.stderr)
-        return cli.EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        return 130
+    return _interrupts.run_main(lambda: _main(argv), InputError, cli.report_error,
+                                lambda stop: f'Interrupted ({stop.name}) while starting; nothing was served.')
 
 
 def _main(argv):
@@ -390,16 +386,31 @@ def _main(argv):
     except OSError as e:
         raise InputError(f'Cannot listen on {args.host}:{args.port}: {e.strerror or e}') from None
     host, port = sock.getsockname()[:2]
-    print(f'Serving {args.model} ({model.n_items} items) on http://{host}:{port} '
-          f'(micro-batching {"off" if args.no_batching else f"{args.batch_window_ms:g} ms / {args.max_batch}"}); '
-          f'docs at /docs, OpenAPI at /openapi.json', flush=True)
+    serving = (f'Serving {args.model} ({model.n_items} items) on http://{host}:{port} (micro-batching '
+               f'{"off" if args.no_batching else f"{args.batch_window_ms:g} ms / {args.max_batch}"}); '
+               f'docs at /docs, OpenAPI at /openapi.json')
+
+    class Server(uvicorn.Server):
+        """Announces itself once uvicorn's signal handlers are in place; a signal that came before them (only
+        recorded, see below) stops it at once."""
+
+        async def startup(self, sockets=None):
+            await super().startup(sockets=sockets)
+            if _interrupts.state.signum is not None:
+                self.should_exit = True
+            else:
+                print(serving, flush=True)
+
     config = uvicorn.Config(app, http=args.http, log_level=args.log_level, timeout_graceful_shutdown=args.graceful_timeout,
                             access_log=False, lifespan='on')
-    server = uvicorn.Server(config)
-    # uvicorn handles SIGTERM (graceful shutdown), then re-raises it to the handler found before it started:
-    # with this one the process ends normally (exit code 0) once the requests in flight are done
+    server = Server(config)
+    # uvicorn handles SIGINT and SIGTERM while it serves (graceful shutdown; a second Ctrl-C forces it), then
+    # passes them on to our handler, which only records them here: a stop by signal is the normal end of a
+    # service (exit code 0, as service managers expect)
+    with _interrupts.recorded() as got:
+        server.run(sockets=[sock])
     import signal
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    server.run(sockets=[sock])
-    print('Server stopped.', flush=True)
+    reason = signal.Signals(got[0]).name if got else 'shut down'
+    n = len(app.state.sessions)
+    print(f'Stopped ({reason}); {n} session{" was" if n == 1 else "s were"} live.', flush=True)
     return 0

@@ -122,7 +122,8 @@ def test_study_survives_sigkill_and_ctrl_c_and_resumes(tmp_path):
     out, err, code = run_until(cli(*args), 'TRIAL 3:', signal.SIGINT)
     assert code == 130, err
     assert 'Continuing study "tiny" in' in out and '1 finished trials kept' in out
-    assert 'Interrupted: 2 finished trial(s) are kept' in err
+    assert 'Interrupted (SIGINT) during trial 3; 2 finished trial(s) are stored in' in err and '(trial 3 did not finish' in err
+    assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err
     # 3) continued to the end: exactly -nt finished trials, the best file is the best trial, and it trains via -pf
     proc = cli(*args)
     out, err = proc.communicate(timeout=600)
@@ -397,7 +398,8 @@ def test_n_workers_parent_forwards_ctrl_c_and_sigterm(tmp_path, sig, code):
     out, rc = ''.join(lines) + out, proc.returncode
     assert rc == code, err
     assert 'Traceback' not in out + err
-    assert err.strip().splitlines()[-1].startswith('Interrupted: the workers stopped;')
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f'Interrupted ({signal.Signals(sig).name}); the workers stopped;'), err
     states = [t.state.name for t in all_trials(str(storage), 'sig')]
     assert 'RUNNING' not in states and states.count('COMPLETE') + states.count('PRUNED') < 20
 
