@@ -17,9 +17,9 @@ import pytensor.tensor as pt
 from pytensor.graph.replace import clone_replace
 
 if __package__:
-    from . import _batches, _devices, _files, _graph, _optim, _params, _sampling, custom_opt
+    from . import _batches, _devices, _files, _graph, _hyper, _optim, _params, _sampling, custom_opt
 else:
-    import _batches, _devices, _files, _graph, _optim, _params, _sampling, custom_opt  # noqa: E401
+    import _batches, _devices, _files, _graph, _hyper, _optim, _params, _sampling, custom_opt  # noqa: E401
 
 FLOAT = _graph.FLOAT
 GRU4RecError = _params.GRU4RecError
@@ -123,17 +123,19 @@ def logq_vectors(p, item_support):
             pytensor.shared(np.log(p0 ** np.float32(p.sample_alpha)), name='logq_sample'))
 
 
-StepGraph = namedtuple('StepGraph', 'inputs cost new_H updates noise opt_states item_vars')
+StepGraph = namedtuple('StepGraph', 'inputs cost new_H updates noise opt_states item_vars hyper')
 
 
 def step_graph(p, weights, logq, draws=None, width=None, sink=None):
     """The symbolic training step (_graph.training_step) with its updates (_optim.updates), the noise inputs
-    it reads, its optimiser states (Adagrad accumulators, velocities, ...) and its item-indexed variables."""
-    noise = _sampling.NoiseInputs(width)
-    inputs, cost, new_H, dense, sparse = _graph.training_step(p, weights, noise, draws, logq, width)
-    updates, item_vars = _optim.updates(p, cost, dense, sparse, sink=sink)
+    it reads, its optimiser states (Adagrad accumulators, velocities, ...), its item-indexed variables and its
+    runtime hyper-parameters (_hyper.Hyper)."""
+    noise, hyper = _sampling.NoiseInputs(width), _hyper.Hyper(p)
+    inputs, cost, new_H, dense, sparse = _graph.training_step(p, weights, noise, draws, logq, width, hyper)
+    updates, item_vars = _optim.updates(p, cost, dense, sparse, sink=sink, h=hyper)
     trained = set(weights.values())
-    return StepGraph(inputs, cost, new_H, updates, noise, [v for v in updates if v not in trained], item_vars)
+    return StepGraph(inputs, cost, new_H, updates, noise, [v for v in updates if v not in trained], item_vars,
+                     hyper)
 
 
 def compile_per_step(p, weights, logq, mode, draws=None):
