@@ -5,8 +5,9 @@ float32 shared scalar that the graph reads, not a constant in it, so one compile
 (in the process: _training's cache; in a new process: PyTensor's disk cache, which needs an identical graph).
 
 Whether a value is zero stays part of the structure (a zero momentum has no velocity, a zero L2 no decay term):
-a zero is the constant 0 in the graph, as before, and `structure` keeps graphs apart that differ in it. So is a
-one: PyTensor simplifies a constant 1 (exp(x) - 1 of elu-1 becomes expm1), which a runtime 1 would not. The numbers are today's: each scalar holds the float32 value the graph used as a constant, and
+a zero is the constant 0 in the graph, as before, and `structure` keeps graphs apart that differ in it. So is an
+activation parameter of 1: PyTensor turns exp(x) - 1 of elu-1 into expm1, which a runtime 1 would not. (Other
+values of 1 only multiply, which is exact either way.) The numbers are today's: each scalar holds the float32 value the graph used as a constant, and
 where numpy folded constants together (the dense decay 1 - lr * lmbd) the folded value is computed here in the
 same float32 arithmetic.
 
@@ -59,22 +60,22 @@ def structure(p):
     for k, final in (('hidden_act', False), ('final_act', True)):
         if (kind := _params.activation_spec(d[k], final)[0]) in RUNTIME_ACTIVATIONS:
             d[k] = kind
-    special = tuple((k, constant_value(x)) for k, x in values(p).items())
+    special = tuple((k, constant_value(k, x)) for k, x in values(p).items())
     return tuple((k, tuple(x) if isinstance(x, list) else x) for k, x in d.items()) + special
 
 
-def constant_value(x):
-    """The value a graph keeps as a constant (0 or 1), else None (a runtime scalar)."""
-    return float(x) if x in (0, 1) else None
+def constant_value(name, x):
+    """The value the graph keeps as a constant (0; 1 for an activation parameter), else None (a runtime scalar)."""
+    return float(x) if x == 0 or (x == 1 and name.endswith('_act_a')) else None
 
 
 class Hyper:
-    """The runtime hyper-parameters of one training graph: h['lr'] is a shared float32 scalar, or the constant
-    0 or 1 where the value is one of those (see the module docstring). set(p) gives them p's values; p must have
+    """The runtime hyper-parameters of one training graph: h['lr'] is a shared float32 scalar, or a constant
+    where constant_value says so (see the module docstring). set(p) gives them p's values; p must have
     the same structure."""
 
     def __init__(self, p):
-        self.const = {k: constant_value(x) for k, x in values(p).items()}
+        self.const = {k: constant_value(k, x) for k, x in values(p).items()}
         self.vars = OrderedDict((k, pytensor.shared(x, name=k)) for k, x in values(p).items()
                                 if self.const[k] is None)
 
@@ -87,7 +88,7 @@ class Hyper:
 
     def set(self, p):
         new = values(p)
-        if {k: constant_value(x) for k, x in new.items()} != self.const:
-            raise ValueError('the hyper-parameters differ in structure (which of them are 0 or 1)')
+        if {k: constant_value(k, x) for k, x in new.items()} != self.const:
+            raise ValueError('the hyper-parameters differ in structure (which of them are constants)')
         for k, var in self.vars.items():
             var.set_value(new[k])
