@@ -32,8 +32,8 @@ import time
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONE_THREAD = {v: '1' for v in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'NUMBA_NUM_THREADS')}
 TRIALS = [dict(learning_rate=lr, momentum=mu, logq=lq) for lr, mu, lq in
-          [(0.2, 0.0, 1.0), (0.1, 0.0, 1.0), (0.05, 0.0, 0.5), (0.3, 0.0, 0.8), (0.15, 0.0, 1.0),
-           (0.2, 0.0, 0.3), (0.08, 0.0, 0.9), (0.25, 0.0, 0.6), (0.12, 0.0, 0.7), (0.18, 0.0, 0.4)]]
+          [(0.2, 0.2, 1.0), (0.1, 0.3, 1.0), (0.05, 0.1, 0.5), (0.3, 0.2, 0.8), (0.15, 0.4, 1.0),
+           (0.2, 0.05, 0.3), (0.08, 0.2, 0.9), (0.25, 0.5, 0.6), (0.12, 0.3, 0.7), (0.18, 0.1, 0.4)]]
 
 
 def quick_start_params():
