@@ -270,7 +270,7 @@ def test_numba_kernel_cache_key_follows_the_imported_code(tmp_path, monkeypatch)
     test run started before an edit compiled the old kernel under the edited file's salt)."""
     import importlib
     pytest.importorskip('numba')
-    fn, salt = _row_update.numba_sparse_row_update(gpu_ops.SparseRowUpdate(*spec_for('adagrad', 0.5, 0.0)))
+    fn, salt = _row_update.numba_sparse_row_update(gpu_ops.SparseRowUpdate('adagrad', 1e-6, True, False))
     assert salt == _ops_support.source_salt(_row_update.__name__)
     src = tmp_path / 'salted_kernel.py'
     src.write_text('import functools\nSTEP = 2\n\n@functools.cache\ndef kernel():\n'
