@@ -41,10 +41,12 @@ def elu(x, alpha):
     return pt.switch(x >= 0, x, alpha * pt.exp(pt.minimum(x, 0)) - alpha)
 
 
-def parse_activation(name, final):
+def parse_activation(name, final, args=None):
     """Return f(x) for an activation name: linear, relu, tanh, leaky-X, elu-X, selu-X-Y and,
-    as final activations only, softmax and softmax_logit. Raises GRU4RecError."""
-    kind, args = _params.activation_spec(name, final)
+    as final activations only, softmax and softmax_logit. Raises GRU4RecError. args: the X (and Y) to use
+    instead of the name's numbers (the training step's runtime scalars, _hyper)."""
+    kind, numbers = _params.activation_spec(name, final)
+    args = numbers if args is None else args
     if kind == 'leaky':
         return lambda x, a=args[0]: pt.maximum(x, 0) + a * pt.minimum(x, 0)
     if kind == 'elu':
@@ -73,6 +75,7 @@ def softmax_neg(yhat, col_mask=None):
 
 def loss_sum(loss, yhat, smoothing=0.0, bpreg=1.0, row_mask=None, col_mask=None):
     """Sum over the M rows of the loss of an activated M x K score matrix (column i is row i's positive).
+    smoothing, bpreg: numbers or float32 scalars (a smoothing of 0 must be a number).
 
     row_mask (M,) and col_mask (K,), 0/1 floats, are for fixed-width minibatches with inactive slots: a
     masked row adds no loss and a masked column is no negative, so the sum equals the loss of the active
@@ -88,8 +91,8 @@ def loss_sum(loss, yhat, smoothing=0.0, bpreg=1.0, row_mask=None, col_mask=None)
     if loss in ('cross-entropy', 'xe_logit'):
         nll = (-pt.log(yhat + LOG_EPS)) if loss == 'cross-entropy' else yhat
         pos = (-pt.log(d + LOG_EPS)) if loss == 'cross-entropy' else d
-        if smoothing:
-            s = np.float32(smoothing)
+        if not (isinstance(smoothing, (int, float, np.floating)) and smoothing == 0):
+            s = np.float32(smoothing) if isinstance(smoothing, (int, float, np.floating)) else smoothing
             return pt.sum(rows((1 - s * k / (k - 1)) * pos + (s / (k - 1)) * cols(nll).sum(axis=1)))
         return pt.sum(rows(pos))
     if loss == 'bpr':
@@ -97,7 +100,7 @@ def loss_sum(loss, yhat, smoothing=0.0, bpreg=1.0, row_mask=None, col_mask=None)
     if loss == 'bpr-max':
         s = softmax_neg(yhat, col_mask)
         return pt.sum(rows(-pt.log((pt.sigmoid(d[:, None] - yhat) * s).sum(axis=1) + LOG_EPS)
-                           + np.float32(bpreg) * (yhat ** 2 * s).sum(axis=1)))
+                           + as_float32(bpreg) * (yhat ** 2 * s).sum(axis=1)))
     if loss == 'top1':   # mean over the (active) columns
         terms = cols(pt.sigmoid(yhat - d[:, None]) + pt.sigmoid(yhat ** 2)).sum(axis=1) / k
         return pt.sum(rows(terms - pt.sigmoid(d ** 2) / k))
@@ -105,6 +108,11 @@ def loss_sum(loss, yhat, smoothing=0.0, bpreg=1.0, row_mask=None, col_mask=None)
         s = softmax_neg(yhat, col_mask)
         return pt.sum(rows((s * (pt.sigmoid(yhat - d[:, None]) + pt.sigmoid(yhat ** 2))).sum(axis=1)))
     raise _params.GRU4RecError(f'Invalid value for parameter loss: {loss!r}')
+
+
+def as_float32(x):
+    """A number as a float32 constant; a symbolic scalar as it is."""
+    return np.float32(x) if isinstance(x, (int, float, np.floating)) else x
 
 
 def dropout(x, p, u):
@@ -164,29 +172,30 @@ def weight_arrays(weights):
 
 # --- the model -------------------------------------------------------------------------------------
 
-def layers_forward(p, w, first_input, H, noise, drop_p_hidden, drop_p_embed, onehot_rows=None):
+def layers_forward(p, w, first_input, H, noise, drop_p_hidden, drop_p_embed, onehot_rows=None, h=None):
     """GRU stack for one step. first_input: embedding rows (M x F) or, in one-hot mode, None with
-    onehot_rows = Wx0[X] (M x 3L_0). H: list of M x L_i states. Returns the list of new states."""
+    onehot_rows = Wx0[X] (M x 3L_0). H: list of M x L_i states. h: the training step's runtime
+    hyper-parameters (_hyper.Hyper; None: the numbers of p). Returns the list of new states."""
     out, x = [], first_input
-    hidden_act = parse_activation(p.hidden_act, final=False)
+    hidden_act = parse_activation(p.hidden_act, final=False, args=None if h is None else h.activation_args('hidden_act'))
     if x is not None and drop_p_embed > 0:
         x = dropout(x, drop_p_embed, noise.uniform(p.embedding_width))
     for i, units in enumerate(p.layers):
-        h = H[i]
+        s = H[i]
         a = (onehot_rows if i == 0 and onehot_rows is not None else pt.dot(x, w[f'Wx{i}'])) + w[f'Bh{i}']
-        rz = pt.sigmoid(a[:, units:] + pt.dot(h, w[f'Wrz{i}']))
+        rz = pt.sigmoid(a[:, units:] + pt.dot(s, w[f'Wrz{i}']))
         r, z = rz[:, :units], rz[:, units:]
-        rec = r * h.dot(w[f'Wh{i}']) if p.reset_after else (r * h).dot(w[f'Wh{i}'])
-        h_cand = hidden_act(rec + a[:, :units])
-        h = (1 - z) * h + z * h_cand
+        rec = r * s.dot(w[f'Wh{i}']) if p.reset_after else (r * s).dot(w[f'Wh{i}'])
+        s_cand = hidden_act(rec + a[:, :units])
+        s = (1 - z) * s + z * s_cand
         if drop_p_hidden > 0:
-            h = dropout(h, drop_p_hidden, noise.uniform(units))
-        out.append(h)
-        x = h
+            s = dropout(s, drop_p_hidden, noise.uniform(units))
+        out.append(s)
+        x = s
     return out
 
 
-def training_step(p, w, noise, draws=None, logq=None, width=None):
+def training_step(p, w, noise, draws=None, logq=None, width=None, h=None):
     """Symbolic training step. Returns (inputs, cost, new_states, dense_params, sparse) where sparse is a
     list of (shared weight, index vector, gathered rows) whose gradient is taken w.r.t. the rows.
 
@@ -195,7 +204,8 @@ def training_step(p, w, noise, draws=None, logq=None, width=None):
     (targets', samples') log q vectors of the logQ correction (used if p.logq). width: None for a step of M
     active slots, or the static width B of a fixed-width step (see _training) with one more input A, 1.0
     for active slots; inactive slots point at the padding item row and neither add loss nor act as
-    negatives. (Static shapes: JAX needs them.)"""
+    negatives. (Static shapes: JAX needs them.) h: the runtime hyper-parameters (_hyper.Hyper); None: p's
+    numbers as constants."""
     masked = width is not None
 
     def vector(name, dtype, extra=0):   # length M (any) or width + extra (static)
@@ -218,18 +228,24 @@ def training_step(p, w, noise, draws=None, logq=None, width=None):
     dense, sparse, emb, onehot_rows, Wy_rows = item_rows(p, w, X, Y, M)
     By_rows = w['By'][Y]                               # K x 1
     sparse.append((w['By'], Y, By_rows))
-    new_H = layers_forward(p, w, emb, H, noise, p.dropout_p_hidden, p.dropout_p_embed, onehot_rows)
+    new_H = layers_forward(p, w, emb, H, noise, p.dropout_p_hidden, p.dropout_p_embed, onehot_rows, h)
     scores = pt.dot(new_H[-1], Wy_rows.T) + By_rows.T  # M x K
     if p.logq:
         # log q: raw support of the in-batch targets, support ** sample_alpha of the sampled negatives
-        scores = scores - np.float32(p.logq) * pt.concatenate([logq[0][Y[:M]], logq[1][Y[M:]]])
+        scores = scores - (np.float32(p.logq) if h is None else h['logq']) * pt.concatenate([logq[0][Y[:M]],
+                                                                                           logq[1][Y[M:]]])
     col_mask = None
     if masked:
         col_mask = pt.concatenate([A, np.ones(p.n_sample, dtype=FLOAT)])
         if p.final_act in ('softmax', 'softmax_logit'):   # masked columns out of the normaliser
             scores = pt.switch(col_mask[None, :] > 0, scores, np.float32(-1e30))
-    yhat = parse_activation(p.final_act, final=True)(scores)
-    cost = loss_sum(p.loss, yhat, p.smoothing, p.bpreg, A, col_mask) / np.float32(p.batch_size)
+    if h is None:
+        yhat = parse_activation(p.final_act, final=True)(scores)
+        cost = loss_sum(p.loss, yhat, p.smoothing, p.bpreg, A, col_mask) / np.float32(p.batch_size)
+    else:
+        yhat = parse_activation(p.final_act, final=True, args=h.activation_args('final_act'))(scores)
+        smoothing = h['smoothing'] if p.smoothing else 0.0
+        cost = loss_sum(p.loss, yhat, smoothing, h['bpreg'], A, col_mask) / np.float32(p.batch_size)
     reset_H = [h * (1 - R)[:, None] for h in new_H]
     return [X] + sample_inputs + [R] + ([A] if masked else []) + noise.inputs + H, cost, reset_H, dense, sparse
 

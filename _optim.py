@@ -9,9 +9,9 @@ import pytensor
 import pytensor.tensor as pt
 
 if __package__:
-    from . import gpu_ops
+    from . import _hyper, gpu_ops
 else:
-    import gpu_ops
+    import _hyper, gpu_ops  # noqa: E401
 
 EPS = np.float32(1e-6)        # optimiser epsilon
 
@@ -26,36 +26,36 @@ def state_like(w):
     return pytensor.shared(np.zeros_like(w.get_value()), name=f'{w.name}_state', shape=w.type.shape)
 
 
-def updates(p, cost, dense, sparse, sink=None):
+def updates(p, cost, dense, sparse, sink=None, h=None):
     """Parameter and optimiser-state updates of one step: (OrderedDict variable -> new value, the item-indexed
     variables: the sparse weights and their states, which chunked training pads with a row). sink: the padding
     item row of fixed-width steps; merge_repeated then keeps static shapes by sending the merged-away
-    occurrences there with zero gradient."""
-    lr = np.float32(1.0 if p.adapt == 'adadelta' else p.learning_rate)
-    mu, lmbd = np.float32(p.momentum), np.float32(p.lmbd)
+    occurrences there with zero gradient. h: the runtime hyper-parameters (_hyper.Hyper); None: p's numbers as
+    constants."""
+    if h is None:
+        h = constants(p)
+    lr, mu, lmbd = h['lr'], h['mu'], h['lmbd']
     grads = pytensor.grad(cost, dense + [rows for _, _, rows in sparse])
     if p.grad_cap > 0:
         norm = pt.sqrt(sum(pt.sum(g ** 2) for g in grads))
-        cap = np.float32(p.grad_cap)
+        cap = h['grad_cap']
         grads = [pt.switch(norm >= cap, g * cap / norm, g) for g in grads]
     new = OrderedDict()
     for w, g in zip(dense, grads[:len(dense)]):
-        ghat = adapted_gradient(p, w, g, new)
-        if mu > 0:
+        ghat = adapted_gradient(p, w, g, new, h)
+        if p.momentum > 0:
             v = state_like(w)
             v_new = mu * v - lr * (ghat + lmbd * w)
             new[v] = v_new
             new[w] = w + v_new
+        elif p.lmbd > 0:   # (decay = 1 - lr * lmbd, as numpy folded it)
+            new[w] = w * h['decay'] - lr * ghat
         else:
-            new[w] = w * (1 - lr * lmbd) - lr * ghat
+            new[w] = w - lr * ghat
     # Item-indexed weights: the same item can occur several times in one step. Weight increments add
     # up per occurrence; optimiser states that are *set* keep one occurrence (the last). The step is
     # one SparseRowUpdateGraph per weight (gpu_ops), which custom_opt fuses into one kernel.
-    a = p.effective_adapt_params
-    rho = a[1] if p.adapt in ('adam', 'adam_legacy') else (a[0] if p.adapt in ('rmsprop', 'adadelta') else 0.0)
-    b1 = a[0] if p.adapt in ('adam', 'adam_legacy') else 0.0
-    spec = gpu_ops.RowUpdateSpec(None if p.adapt == 'sgd' else p.adapt, float(lr), float(mu), float(lmbd),
-                                 float(EPS), float(rho), float(b1))
+    spec = gpu_ops.RowUpdateSpec(None if p.adapt == 'sgd' else p.adapt, lr, mu, lmbd, EPS, h['rho'], h['b1'])
     item_vars = [w for w, _, _ in sparse]
     for (w, idx, rows), g in zip(sparse, grads[len(dense):]):
         if p.merge_repeated and p.adapt != 'adam':   # (adam's row update merges them itself)
@@ -67,27 +67,32 @@ def updates(p, cost, dense, sparse, sink=None):
     return new, item_vars
 
 
-def adapted_gradient(p, w, g, new):
-    """The step direction of dense weight w with gradient g under p.adapt; adds the state updates to `new`."""
-    a = p.effective_adapt_params
+def constants(p):
+    """p's hyper-parameters as float32 constants, in place of a _hyper.Hyper."""
+    return _hyper.values(p)
+
+
+def adapted_gradient(p, w, g, new, h):
+    """The step direction of dense weight w with gradient g under p.adapt; adds the state updates to `new`.
+    h: the hyper-parameters (a _hyper.Hyper, or constants(p))."""
     if p.adapt == 'adagrad':
         acc = state_like(w)
         new[acc] = acc + g ** 2
         return g / pt.sqrt(new[acc] + EPS)
     if p.adapt == 'rmsprop':
-        rho = np.float32(a[0])
+        rho = h['rho']
         acc = state_like(w)
         new[acc] = rho * acc + (1 - rho) * g ** 2
         return g / pt.sqrt(new[acc] + EPS)
     if p.adapt == 'adadelta':
-        rho = np.float32(a[0])
+        rho = h['rho']
         acc, upd = state_like(w), state_like(w)
         new[acc] = rho * acc + (1 - rho) * g ** 2
         c = (upd + EPS) / (new[acc] + EPS)
         new[upd] = rho * upd + (1 - rho) * c * g ** 2
         return g * pt.sqrt(c)
     if p.adapt in ('adam', 'adam_legacy'):
-        b1, b2 = np.float32(a[0]), np.float32(a[1])
+        b1, b2 = h['b1'], h['rho']
         v, m, t = state_like(w), state_like(w), state_like(w)
         new[v] = b2 * v + (1 - b2) * g ** 2
         new[m] = b1 * m + (1 - b1) * g

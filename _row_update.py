@@ -42,16 +42,31 @@ FLOAT = _ops_support.FLOAT
 ADAPTS = (None, 'adagrad', 'rmsprop', 'adadelta', 'adam', 'adam_legacy')
 # number of per-row optimiser states of each method (the momentum velocity comes after them)
 N_STATES = {None: 0, 'adagrad': 1, 'rmsprop': 1, 'adadelta': 2, 'adam': 3, 'adam_legacy': 3}
-# adapt, lr, mu (momentum), lmbd (L2), eps, rho (rmsprop/adadelta decay; adam: beta2), b1 (adam beta1)
+# adapt, lr, mu (momentum), lmbd (L2), eps, rho (rmsprop/adadelta decay; adam: beta2), b1 (adam beta1). lr, mu,
+# lmbd, rho and b1 are numbers or float32 scalar variables (the training step's runtime hyper-parameters): the Ops
+# take them as inputs, so that a new value is not a new Op (and not a new compile); only the method, eps and
+# whether mu and lmbd are zero (a velocity state, an L2 term) are the Ops' props.
 RowUpdateSpec = namedtuple('RowUpdateSpec', 'adapt lr mu lmbd eps rho b1')
+SCALARS = ('lr', 'mu', 'lmbd', 'rho', 'b1')   # the spec's fields that are the Ops' scalar inputs, in order
 __all__ = ['ADAPTS', 'N_STATES', 'RowUpdateSpec', 'n_inputs_states', 'sparse_row_update', 'unique_rows',
            'merge_repeated', 'merge_repeated_into', 'plain_row_update', 'SparseRowUpdateGraph', 'SparseRowUpdate',
            'row_groups', 'numpy_row_update', 'PREFETCH_AHEAD', 'JAX_SCRATCH_ROWS_PER_INDEX',
            'jax_occurrences_by_scratch']
 
 
+def nonzero(x):
+    """Whether a spec field is not the number 0 (a variable counts as non-zero: _hyper keeps zeros numbers)."""
+    return not isinstance(x, (int, float, np.floating)) or x != 0
+
+
 def n_inputs_states(spec):
-    return N_STATES[spec.adapt] + (1 if spec.mu > 0 else 0)
+    return N_STATES[spec.adapt] + (1 if nonzero(spec.mu) else 0)
+
+
+def scalar_inputs(spec):
+    """The spec's SCALARS as float32 scalar variables (numbers as constants)."""
+    return [pt.as_tensor_variable(np.float32(x)) if isinstance(x, (int, float, np.floating)) else x
+            for x in (getattr(spec, k) for k in SCALARS)]
 
 
 def sparse_row_update(spec, p, states, idx, g):
@@ -61,7 +76,8 @@ def sparse_row_update(spec, p, states, idx, g):
         raise ValueError(f'unknown adapt {spec.adapt!r}')
     if len(states) != n_inputs_states(spec):
         raise ValueError(f'{spec.adapt} with momentum={spec.mu} takes {n_inputs_states(spec)} state(s), got {len(states)}')
-    return SparseRowUpdateGraph(**spec._asdict())(p, *states, idx, g, return_list=True)
+    op = SparseRowUpdateGraph(adapt=spec.adapt, eps=float(spec.eps), momentum=nonzero(spec.mu), l2=nonzero(spec.lmbd))
+    return op(p, *states, idx, g, *scalar_inputs(spec), return_list=True)
 
 
 # --- the plain-PyTensor definition -----------------------------------------------------------------
@@ -72,7 +88,7 @@ def _decay_then_accumulate(acc, idx, rho, inc):
 
 
 def _f(x):
-    return np.float32(x)
+    return np.float32(x) if isinstance(x, (int, float, np.floating)) else x
 
 
 def unique_rows(idx):
@@ -110,7 +126,7 @@ def merge_repeated_into(idx, g, sink):
 def plain_row_update(spec, p, states, idx, g):
     """The step as a PyTensor graph of gathers and (inc_|set_)subtensors; see the module docstring."""
     lr, mu, lmbd, eps, rho, b1 = map(_f, (spec.lr, spec.mu, spec.lmbd, spec.eps, spec.rho, spec.b1))
-    adapt, new_states = spec.adapt, []
+    adapt, new_states, momentum, l2 = spec.adapt, [], nonzero(spec.mu), nonzero(spec.lmbd)
     if adapt == 'adam':  # one step per distinct row with the summed gradient
         idx, g = merge_repeated(idx, g)
     rows = p[idx]
@@ -144,8 +160,8 @@ def plain_row_update(spec, p, states, idx, g):
         ghat = (m_rows / (1 - b1 ** t_rows)) / (pt.sqrt(v_rows / (1 - rho ** t_rows)) + eps)
     else:
         ghat = g
-    delta = lr * (ghat + lmbd * rows) if lmbd > 0 else lr * ghat
-    if mu > 0:
+    delta = lr * (ghat + lmbd * rows) if l2 else lr * ghat
+    if momentum:
         v = states[-1]
         v_occ = mu * v[idx] - delta
         new_states.append(pt.set_subtensor(v[idx], v_occ))
@@ -153,43 +169,55 @@ def plain_row_update(spec, p, states, idx, g):
     return [pt.inc_subtensor(p[idx], -delta)] + new_states
 
 
+PROPS = ('adapt', 'eps', 'momentum', 'l2')   # the Ops' props (momentum, l2: whether mu, lmbd are non-zero)
+
+
 class _SpecProps:
-    """The RowUpdateSpec of an Op whose props start with its fields."""
+    """The props of the row-update Ops and the RowUpdateSpec they make with given scalar inputs."""
 
     @property
-    def spec(self):
-        return RowUpdateSpec(*(getattr(self, k) for k in RowUpdateSpec._fields))
+    def flags(self):
+        return tuple(getattr(self, k) for k in PROPS)
+
+    def spec_with(self, lr, mu, lmbd, rho, b1):
+        """The RowUpdateSpec of this Op with the values (or variables) of its scalar inputs; a zero momentum or L2
+        is the number 0."""
+        return RowUpdateSpec(self.adapt, lr, mu if self.momentum else 0.0, lmbd if self.l2 else 0.0, self.eps, rho, b1)
 
 
 class SparseRowUpdateGraph(_SpecProps, SymbolicOp):
-    """(p, *states, idx, g) -> (new p, *new states) as a plain graph; custom_opt swaps in SparseRowUpdate."""
-    __props__ = RowUpdateSpec._fields
+    """(p, *states, idx, g, lr, mu, lmbd, rho, b1) -> (new p, *new states) as a plain graph; custom_opt swaps in
+    SparseRowUpdate."""
+    __props__ = PROPS
 
     def build_inner_graph(self, p, *rest):
-        *states, idx, g = rest
-        return plain_row_update(self.spec, p, list(states), idx, g)
+        *states, idx, g = rest[:-len(SCALARS)]
+        return plain_row_update(self.spec_with(*rest[-len(SCALARS):]), p, list(states), idx, g)
 
 
 # --- the fused Op ----------------------------------------------------------------------------------
 
 class SparseRowUpdate(_SpecProps, Op):
     """Fused SparseRowUpdateGraph. inplace=True overwrites p and the states (set by custom_opt)."""
-    __props__ = RowUpdateSpec._fields + ('inplace',)
+    __props__ = PROPS + ('inplace',)
 
-    def __init__(self, adapt, lr, mu, lmbd, eps, rho, b1, inplace=False):
-        self.adapt, self.lr, self.mu, self.lmbd, self.eps, self.rho, self.b1 = adapt, lr, mu, lmbd, eps, rho, b1
+    def __init__(self, adapt, eps, momentum, l2, inplace=False):
+        self.adapt, self.eps, self.momentum, self.l2 = adapt, eps, bool(momentum), bool(l2)
         self.inplace = inplace
-        self.n_out = 1 + n_inputs_states(self.spec)
+        self.n_out = 1 + N_STATES[adapt] + self.momentum
         if inplace:
             self.destroy_map = {i: [i] for i in range(self.n_out)}
 
     def make_node(self, p, *rest):
-        *states, idx, g = rest
+        *states, idx, g = rest[:-len(SCALARS)]
         p, states = pt.as_tensor_variable(p), [pt.as_tensor_variable(s) for s in states]
         idx, g = pt.as_tensor_variable(idx), pt.as_tensor_variable(g)
-        if len(states) + 1 != self.n_out or idx.ndim != 1 or not idx.dtype.startswith(('int', 'uint')) or g.ndim != 2:
-            raise TypeError('SparseRowUpdate takes (p, *states, idx: int vector, g: matrix)')
-        return Apply(self, [p, *states, idx, g], [v.type() for v in [p, *states]])
+        scalars = [pt.as_tensor_variable(x) for x in rest[-len(SCALARS):]]
+        if (len(states) + 1 != self.n_out or idx.ndim != 1 or not idx.dtype.startswith(('int', 'uint')) or g.ndim != 2
+                or any(x.ndim != 0 or x.dtype != FLOAT for x in scalars)):
+            raise TypeError('SparseRowUpdate takes (p, *states, idx: int vector, g: matrix, lr, mu, lmbd, rho, b1: '
+                            'float32 scalars)')
+        return Apply(self, [p, *states, idx, g, *scalars], [v.type() for v in [p, *states]])
 
     def infer_shape(self, node, shapes):
         return shapes[:self.n_out]
@@ -198,12 +226,12 @@ class SparseRowUpdate(_SpecProps, Op):
         raise NotImplementedError('SparseRowUpdate is an optimiser step; it has no gradient')
 
     def perform(self, node, inputs, outputs):
-        arrays, idx, g = inputs[:self.n_out], inputs[-2], inputs[-1]
+        arrays, (idx, g), scalars = inputs[:self.n_out], inputs[self.n_out:self.n_out + 2], inputs[self.n_out + 2:]
         if not self.inplace:
             arrays = [a.copy() for a in arrays]
         if len(idx) and (idx.min() < 0 or idx.max() >= arrays[0].shape[0]):
             raise IndexError('SparseRowUpdate: index out of bounds')
-        numpy_row_update(self.spec, arrays, idx, g)
+        numpy_row_update(self.spec_with(*(np.float32(x) for x in scalars)), arrays, idx, g)
         for out, a in zip(outputs, arrays):
             out[0] = a
 
@@ -221,7 +249,7 @@ def numpy_row_update(spec, arrays, idx, g):
     f = np.float32
     lr, mu, lmbd, eps, rho, b1 = map(f, (spec.lr, spec.mu, spec.lmbd, spec.eps, spec.rho, spec.b1))
     p, states = arrays[0], arrays[1:]
-    vel = states[-1] if mu > 0 else None
+    vel = states[-1] if nonzero(spec.mu) else None
     for occ in row_groups(np.asarray(idx)):
         r = idx[occ[0]]
         gs = g[occ].astype(f)                               # occurrences x d
@@ -265,9 +293,9 @@ def numpy_row_update(spec, arrays, idx, g):
             ghat = ((m / (1 - b1 ** t)) / (np.sqrt(v / (1 - rho ** t)) + eps))[None]
         else:
             ghat = gs
-        delta = lr * (ghat + lmbd * p_old) if lmbd > 0 else lr * ghat
+        delta = lr * (ghat + lmbd * p_old) if nonzero(spec.lmbd) else lr * ghat
         new = p_old
-        if mu > 0:
+        if vel is not None:
             v_occ = mu * vel[r] - delta
             vel[r] = v_occ[-1]
             for step in v_occ:
@@ -313,24 +341,24 @@ def _numba_prefetch():
 PREFETCH_AHEAD = 4   # rows: measured best among 2-16 for 2,112 rows of 100 floats over 34k items
 
 
-def _numba_kernel(spec):
-    """An njit function (p, s0, s1, s2, vel, idx, g) -> None updating in place; unused states are 1 x d
-    placeholders. One long function on purpose: the method's branches are compile-time constants of one
-    loop over the rows, which Numba compiles (and LLVM vectorises) as a whole."""
+def _numba_kernel(adapt, eps, momentum, l2):
+    """An njit function (p, s0, s1, s2, vel, idx, g, lr, mu, lmbd, rho, b1) -> None updating in place; unused
+    states are 1 x d placeholders, the hyper-parameters float32 scalars. One long function on purpose: the
+    method's branches are compile-time constants of one loop over the rows, which Numba compiles (and LLVM
+    vectorises) as a whole."""
     from pytensor.link.numba.dispatch.basic import numba_njit
     f = np.float32
-    lr, mu, lmbd, eps, rho, b1 = map(f, (spec.lr, spec.mu, spec.lmbd, spec.eps, spec.rho, spec.b1))
-    one = f(1)
-    ADAGRAD, RMSPROP, ADADELTA, ADAM, LEGACY = (spec.adapt == a for a in ADAPTS[1:])
+    eps, one = f(eps), f(1)
+    ADAGRAD, RMSPROP, ADADELTA, ADAM, LEGACY = (adapt == a for a in ADAPTS[1:])
     DECAY = RMSPROP or ADADELTA or LEGACY
-    MOMENTUM, L2 = spec.mu > 0, spec.lmbd > 0
-    S0, S1, S2 = (N_STATES[spec.adapt] > i for i in range(3))
+    MOMENTUM, L2 = momentum, l2
+    S0, S1, S2 = (N_STATES[adapt] > i for i in range(3))
 
     prefetch, ahead = _numba_prefetch(), PREFETCH_AHEAD
     line = 64 // np.dtype(FLOAT).itemsize
 
     @numba_njit(boundscheck=False, error_model='numpy')
-    def kernel(p, s0, s1, s2, vel, idx, g):
+    def kernel(p, s0, s1, s2, vel, idx, g, lr, mu, lmbd, rho, b1):
         K, N, d = idx.shape[0], p.shape[0], p.shape[1]
         # chain the occurrences of each row: nxt[j] = next occurrence of idx[j] (-1: none), head[j] = first
         size = 16
@@ -503,11 +531,12 @@ def numba_sparse_row_update(op, node=None, **kwargs):
     """(numba function, cache-key salt) for a SparseRowUpdate node."""
     from pytensor.link.numba.dispatch.basic import numba_njit
     from pytensor.link.utils import compile_function_src
-    kernel = _numba_kernel(op.spec)
-    n_states, momentum = N_STATES[op.adapt], op.mu > 0
+    kernel = _numba_kernel(*op.flags)
+    n_states, momentum = N_STATES[op.adapt], op.momentum
     names = ['p'] + [f's{i}' for i in range(n_states)] + (['vel'] if momentum else [])
     args = ['p'] + [f's{i}' if i < n_states else 'empty' for i in range(3)] + ['vel' if momentum else 'empty']
-    lines = [f'def sparse_row_update({", ".join(names)}, idx, g):']
+    scalars = ', '.join(SCALARS)
+    lines = [f'def sparse_row_update({", ".join(names)}, idx, g, {scalars}):']
     if not op.inplace:
         lines += [f'    {n} = {n}.copy()' for n in names]
     # PyTensor types arrays with 'any' layout; as C-contiguous the row loops vectorise. ascontiguousarray is
@@ -515,15 +544,15 @@ def numba_sparse_row_update(op, node=None, **kwargs):
     # these arrays, so a copy made for a strided input would still be the correct output.
     lines += [f'    {n} = np.ascontiguousarray({n})' for n in names + ['idx', 'g']]
     lines += ['    empty = np.empty((1, p.shape[1]), dtype=p.dtype)',
-              f'    kernel({", ".join(args)}, idx, g)',
+              f'    kernel({", ".join(args)}, idx, g, {", ".join(x + ".item()" for x in SCALARS)})',
               f'    return {", ".join(names)}{"," if len(names) == 1 else ""}']
     fn = compile_function_src('\n'.join(lines), 'sparse_row_update', {'np': np, 'kernel': kernel})
     if len(names) == 1:  # a one-output Op returns the array itself
         single = numba_njit(fn)
 
         @numba_njit
-        def one_output(p, idx, g):
-            return single(p, idx, g)[0]
+        def one_output(p, idx, g, lr, mu, lmbd, rho, b1):
+            return single(p, idx, g, lr, mu, lmbd, rho, b1)[0]
         return one_output, _ops_support.source_salt(__name__)
     return numba_njit(fn), _ops_support.source_salt(__name__)
 
@@ -575,19 +604,16 @@ def jax_sparse_row_update(op, node=None, **kwargs):
     but may add repeated rows in any order on a GPU unless XLA is told to use deterministic ops (not set
     by this project yet, and not checked on a GPU: no device was available when this was written)."""
     import jax.numpy as jnp
-    spec = op.spec
-    f = np.float32
-    lr, mu, lmbd, eps, rho, b1 = map(f, (spec.lr, spec.mu, spec.lmbd, spec.eps, spec.rho, spec.b1))
-    n_states = N_STATES[spec.adapt]
+    eps, n_states, adapt = np.float32(op.eps), N_STATES[op.adapt], op.adapt
 
     def update(p, *rest):
-        *states, idx, g = rest
+        *states, idx, g = rest[:-len(SCALARS)]
+        lr, mu, lmbd, rho, b1 = rest[-len(SCALARS):]
         states = list(states)
         N = p.shape[0]
         first_pos, last = jax_occurrences(idx, N)
         first = first_pos == jnp.arange(idx.shape[0], dtype=jnp.int32)
         only_last = jnp.where(last, idx, N)     # scatter target: dropped unless the last occurrence
-        adapt = spec.adapt
         if adapt == 'adam':   # summed gradient on the first occurrence, the others step by nothing
             gsum = jnp.zeros_like(g).at[first_pos].add(g)
             g = jnp.where(first[:, None], gsum, 0)
@@ -624,10 +650,10 @@ def jax_sparse_row_update(op, node=None, **kwargs):
             ghat = jnp.where(first[:, None], ghat, 0)
         else:
             ghat = g
-        delta = lr * (ghat + lmbd * rows) if spec.lmbd > 0 else lr * ghat
-        if adapt == 'adam' and spec.lmbd > 0:
+        delta = lr * (ghat + lmbd * rows) if op.l2 else lr * ghat
+        if adapt == 'adam' and op.l2:
             delta = jnp.where(first[:, None], delta, 0)
-        if spec.mu > 0:
+        if op.momentum:
             vel = states[n_states]
             v_occ = mu * vel[idx] - delta
             if adapt == 'adam':

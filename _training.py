@@ -9,7 +9,7 @@ import math
 import os
 import time
 import warnings
-from collections import namedtuple
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 import pandas as pd
@@ -18,9 +18,9 @@ import pytensor.tensor as pt
 from pytensor.graph.replace import clone_replace
 
 if __package__:
-    from . import _batches, _checkpoint, _devices, _files, _graph, _interrupts, _optim, _params, _sampling, custom_opt
+    from . import _batches, _checkpoint, _devices, _files, _graph, _hyper, _interrupts, _optim, _params, _sampling, custom_opt
 else:
-    import _batches, _checkpoint, _devices, _files, _graph, _interrupts, _optim, _params, _sampling, custom_opt  # noqa: E401
+    import _batches, _checkpoint, _devices, _files, _graph, _hyper, _interrupts, _optim, _params, _sampling, custom_opt  # noqa: E401
 
 FLOAT = _graph.FLOAT
 GRU4RecError = _params.GRU4RecError
@@ -125,22 +125,29 @@ def logq_vectors(p, item_support):
     """The logQ correction's log q (shared N-vectors), as the original computes them in float32: log(P0) for
     in-batch targets, log(P0 ** sample_alpha) for sampled negatives (not alpha * log(P0): the last bits
     differ, and with learning_rate 0.2 a step-by-step comparison with the original magnifies them)."""
+    target, sample = logq_arrays(p, item_support)
+    return pytensor.shared(target, name='logq_target'), pytensor.shared(sample, name='logq_sample')
+
+
+def logq_arrays(p, item_support):
+    """The arrays of logq_vectors."""
     p0 = np.maximum(np.asarray(item_support, dtype=np.int64), 1).astype(FLOAT)
-    return (pytensor.shared(np.log(p0), name='logq_target'),
-            pytensor.shared(np.log(p0 ** np.float32(p.sample_alpha)), name='logq_sample'))
+    return np.log(p0), np.log(p0 ** np.float32(p.sample_alpha))
 
 
-StepGraph = namedtuple('StepGraph', 'inputs cost new_H updates noise opt_states item_vars')
+StepGraph = namedtuple('StepGraph', 'inputs cost new_H updates noise opt_states item_vars hyper')
 
 
 def step_graph(p, weights, logq, draws=None, width=None, sink=None):
     """The symbolic training step (_graph.training_step) with its updates (_optim.updates), the noise inputs
-    it reads, its optimiser states (Adagrad accumulators, velocities, ...) and its item-indexed variables."""
-    noise = _sampling.NoiseInputs(width)
-    inputs, cost, new_H, dense, sparse = _graph.training_step(p, weights, noise, draws, logq, width)
-    updates, item_vars = _optim.updates(p, cost, dense, sparse, sink=sink)
+    it reads, its optimiser states (Adagrad accumulators, velocities, ...), its item-indexed variables and its
+    runtime hyper-parameters (_hyper.Hyper)."""
+    noise, hyper = _sampling.NoiseInputs(width), _hyper.Hyper(p)
+    inputs, cost, new_H, dense, sparse = _graph.training_step(p, weights, noise, draws, logq, width, hyper)
+    updates, item_vars = _optim.updates(p, cost, dense, sparse, sink=sink, h=hyper)
     trained = set(weights.values())
-    return StepGraph(inputs, cost, new_H, updates, noise, [v for v in updates if v not in trained], item_vars)
+    return StepGraph(inputs, cost, new_H, updates, noise, [v for v in updates if v not in trained], item_vars,
+                     hyper)
 
 
 def compile_per_step(p, weights, logq, mode, draws=None):
@@ -182,6 +189,81 @@ def compile_chunked(p, weights, logq, mode, draws, width, sink, static_k):
     return (lambda k: compiled(k if static_k else None)), g
 
 
+# --- compiled steps shared by the fits of a process ------------------------------------------------------
+
+class CompiledStep:
+    """A compiled training step (compile_chunked's or compile_per_step's) with the shared variables it is bound
+    to: weights, logQ vectors, the in-graph sampler's seed and CDF, optimiser states and the runtime
+    hyper-parameters (_hyper.Hyper). One fit uses it at a time (acquire/release); the next fit of the same
+    structure reloads these variables with its own values instead of compiling again."""
+
+    def __init__(self, key, fn, graph, weights, logq, draws):
+        self.key, self.fn, self.graph, self.weights, self.logq = key, fn, graph, weights, logq
+        self.draw_vars = (draws.seed_var, draws.cdf_var) if draws is not None else (None, None)
+
+    def load(self, p, arrays, logq_arrays, draws):
+        """Start a new fit: fresh weights, zero optimiser states, p's hyper-parameters, the sampler's values."""
+        for var, value in zip(list(self.weights.values()) + list(self.logq), list(arrays.values()) + list(logq_arrays)):
+            var.set_value(value)
+        for var, w in zip(self.graph.opt_states, self.state_weights()):
+            var.set_value(np.zeros_like(arrays[w.name]))
+        self.graph.hyper.set(p)
+        if draws is not None:   # the sampler draws through the variables the step was compiled with
+            for name, var in zip(('seed_var', 'cdf_var'), self.draw_vars):
+                if var is not None:
+                    var.set_value(getattr(draws, name).get_value(borrow=True))
+                setattr(draws, name, var)
+
+    def state_weights(self):
+        """The weight each optimiser state belongs to (its name is the weight's + '_state')."""
+        return [self.weights[v.name[:-len('_state')]] for v in self.graph.opt_states]
+
+
+_free_steps = {}      # step key -> [CompiledStep not in use]
+_compiles = [0]       # training steps compiled in this process
+
+
+def compile_count():
+    """The number of training steps compiled in this process (a new one is compiled only for a new structure)."""
+    return _compiles[0]
+
+
+def mode_key(mode):
+    """What identifies a compile mode: its linker's class and its rewrite query."""
+    q = mode.provided_optimizer
+    return (type(mode.linker), frozenset(q.include), frozenset(q.exclude), frozenset(q.require))
+
+
+def acquire_step(p, options, mode, arrays, logq_arrays, draws, width, n_items):
+    """A CompiledStep for p, loaded with these initial values: a free one of the same structure, or a new one."""
+    chunked = options.chunk > 0
+    key = (_hyper.structure(p), mode_key(mode()), options.store_type, chunked,
+           (width, n_items if p.merge_repeated else None, options.backend == 'jax') if chunked else None)
+    free = _free_steps.get(key)
+    if free:
+        step = free.pop()
+        step.load(p, arrays, logq_arrays, draws)
+        return step
+    weights = _graph.shared_weights(arrays)
+    logq = tuple(pytensor.shared(v, name=n) for v, n in zip(logq_arrays, ('logq_target', 'logq_sample')))
+    print('Compiling the training step', flush=True)   # the pause of the first epoch (Numba: up to ~30 s cold)
+    if chunked:
+        fn, g = compile_chunked(p, weights, logq, mode, draws, width, n_items, static_k=options.backend == 'jax')
+    else:
+        fn, g = compile_per_step(p, weights, logq, mode, draws)
+    _compiles[0] += 1
+    return CompiledStep(key, fn, g, weights, logq, draws)
+
+
+def release_step(step):
+    """Return a CompiledStep for the next fit; its variables keep only placeholders (the finished fit's arrays
+    belong to its model now)."""
+    for var in list(step.weights.values()) + list(step.logq) + step.graph.opt_states:
+        v = var.get_value(borrow=True)
+        var.set_value(np.zeros((0,) + tuple(v.shape[1:]), dtype=v.dtype))
+    _free_steps.setdefault(step.key, []).append(step)
+
+
 # --- one fit -------------------------------------------------------------------------------------------
 
 class TrainingRun:
@@ -204,16 +286,13 @@ class TrainingRun:
         check_memory(p, self.n_items, options.sample_store if options.store_type == 'cpu' else 0, options.backend)
         self.rng = np.random.RandomState(p.seed)   # the original's init draws for seed 42
         self.item_support = np.asarray(np.bincount(self.items, minlength=self.n_items), dtype=np.int64)
-        self.weights, self.logq = initial_state(p, self.item_support, self.rng)
+        arrays = _graph.init_weights(p, self.n_items, self.rng)
         self.sampler = _sampling.new_sampler(p, options.store_type, options.sample_store, self.item_support, self.rng)
         self.width = min(p.batch_size, len(self.offsets) - 1)
         draws = self.sampler if options.store_type == 'gpu' else None
-        print('Compiling the training step', flush=True)   # the pause of the first epoch (Numba: up to ~30 s)
-        if options.chunk:
-            self.train_fn, g = compile_chunked(p, self.weights, self.logq, mode, draws, self.width, self.n_items,
-                                               static_k=options.backend == 'jax')
-        else:
-            self.train_fn, g = compile_per_step(p, self.weights, self.logq, mode, draws)
+        self.step = acquire_step(p, options, mode, arrays, logq_arrays(p, self.item_support), draws, self.width,
+                                 self.n_items)
+        self.weights, self.logq, self.train_fn, g = self.step.weights, self.step.logq, self.step.fn, self.step.graph
         self.noise, self.opt_states, self.item_vars = g.noise, g.opt_states, g.item_vars
         self.noise_rng = np.random.default_rng([p.seed, 2])
         self.base_order = np.argsort(times[self.offsets[:-1]]) if p.time_sort else np.arange(len(self.offsets) - 1)
@@ -307,6 +386,15 @@ class TrainingRun:
                 var.set_value(np.concatenate([v, np.zeros((1,) + v.shape[1:], v.dtype)]))
             elif not pad and len(v) == self.n_items + 1:
                 var.set_value(v[:self.n_items].copy())
+
+    def release(self):
+        """The trained weights as the model's own shared variables; the compiled step goes back to the process's
+        pool for the next fit of the same structure (after this, the run cannot train or checkpoint)."""
+        own = OrderedDict((k, pytensor.shared(np.asarray(v.get_value(borrow=True)), name=k, shape=v.type.shape,
+                                              borrow=True)) for k, v in self.weights.items())
+        release_step(self.step)
+        self.weights = own
+        return own
 
     def step_log_arrays(self):
         """(costs, active sessions) of every logged step, as float64 and int64 arrays."""

@@ -143,7 +143,7 @@ def _device_jax_linker(device=None):
 
 @node_rewriter([gpu_ops.SparseRowUpdateGraph])
 def fuse_sparse_row_update(fgraph, node):
-    return gpu_ops.SparseRowUpdate(*node.op.spec)(*node.inputs, return_list=True)
+    return gpu_ops.SparseRowUpdate(*node.op.flags)(*node.inputs, return_list=True)
 
 
 @node_rewriter([gpu_ops.SparseRowUpdateGraph])
@@ -159,7 +159,7 @@ def inplace_sparse_row_update(fgraph, node):
         return False
     if any(fgraph.has_destroyers([x]) for x in node.inputs[:op.n_out]):
         return False
-    return gpu_ops.SparseRowUpdate(*op.spec, inplace=True)(*node.inputs, return_list=True)
+    return gpu_ops.SparseRowUpdate(*op.flags, inplace=True)(*node.inputs, return_list=True)
 
 
 @node_rewriter([Sum])

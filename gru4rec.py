@@ -256,6 +256,9 @@ class GRU4Rec:
             run.pad_items(False)   # no-op after per-step training
             if log_steps:
                 self.step_costs_, self.step_sizes_ = run.step_log_arrays()
+            # the compiled step goes back to the process's pool (the next fit of this structure reuses it); the
+            # model keeps the trained arrays, and drops functions compiled on the step's variables
+            self.weights_, self._compiled = run.release(), {}
         return self
 
     def _diverged(self, epoch, step):

@@ -62,8 +62,8 @@ def main():
     from jax import lax
     print(f'machine: {platform.processor() or platform.machine()}, JAX {jax.__version__} on {jax.devices()[0]}, '
           f'K={args.k}, layers={args.layers}, {args.steps} and {2 * args.steps} steps per call')
-    spec = gpu_ops.RowUpdateSpec('adagrad', 0.1, 0.0, 0.0, 1e-6, 0.0, 0.0)
-    update = _row_update.jax_sparse_row_update(gpu_ops.SparseRowUpdate(*spec))
+    update = _row_update.jax_sparse_row_update(gpu_ops.SparseRowUpdate('adagrad', 1e-6, False, False))
+    scalars = [np.float32(x) for x in (0.1, 0.0, 0.0, 0.0, 0.0)]   # lr, mu, lmbd, rho, b1 (runtime inputs)
     rng = np.random.default_rng(0)
     steps, default_limit = args.steps, _row_update.JAX_SCRATCH_ROWS_PER_INDEX
     compiled = functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
@@ -88,7 +88,7 @@ def main():
             @compiled
             def full_update(steps, weights_and_acc, base, g):
                 def body(i, carry):
-                    return update(*carry, step_indices(i, base, n), g)
+                    return update(*carry, step_indices(i, base, n), g, *scalars)
                 return lax.fori_loop(0, steps, body, weights_and_acc)
             state = (jnp.asarray(weights), jnp.zeros_like(weights))
             row[name] = (per_step_us(occurrences, jnp.int32(0), (base,), steps),

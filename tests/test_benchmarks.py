@@ -110,3 +110,23 @@ def test_jax_parts_prints_a_row_per_catalogue_and_the_method_gpu_ops_picks():
                       r.stdout, re.M)
     assert [(int(row[0].replace(',', '')), row[5]) for row in rows] == [(small, 'scratch'), (large, 'sort')]
     assert all(1 <= int(row[-1]) <= 8 for row in rows)     # the guided sampler's levels
+
+
+@pytest.mark.slow
+def test_compile_cost_prints_its_table_and_one_compile_for_ten_trials(tmp_path):
+    """compile_cost.py on the python backend (fast compiles): every row of the table, and the 10 trials that
+    differ only in continuous values compile one training step."""
+    import json
+    import subprocess
+    train = tmp_path / 'train.tsv'
+    synthetic_sessions(40, 900, seed=3).to_csv(train, sep='\t', index=False)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, 'benchmarks', 'compile_cost.py'), str(train), '--events',
+                        '400', '--backend', 'python', '--out', str(tmp_path / 'cost.json')],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    for row in ('cold compile (empty cache)', 'warm (same configuration', 'learning_rate 0.2 -> 0.1',
+                '10 trials in one process: all fits'):
+        assert f'| {row}' in r.stdout
+    cost = json.loads((tmp_path / 'cost.json').read_text())
+    assert cost['trials']['compiles'] == 1 and len(cost['trials']['seconds']) == 10

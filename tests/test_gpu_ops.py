@@ -209,10 +209,12 @@ def test_jax_implementation_equals_numpy_reference(adapt, mu, lmbd, occurrences,
     monkeypatch.setattr(_row_update, 'JAX_SCRATCH_ROWS_PER_INDEX', 10 ** 6 if occurrences == 'scratch' else 0)
     spec = spec_for(adapt, mu, lmbd)
     ref, got = start_arrays(spec), [jax.numpy.asarray(a) for a in start_arrays(spec)]
-    fn = jax.jit(_row_update.jax_sparse_row_update(gpu_ops.SparseRowUpdate(*spec)))
+    op = gpu_ops.SparseRowUpdate(adapt, spec.eps, mu > 0, lmbd > 0)
+    fn = jax.jit(_row_update.jax_sparse_row_update(op))
+    scalars = [np.float32(getattr(spec, k)) for k in _row_update.SCALARS]   # runtime inputs of the Op
     for g, idx in zip(gradients(4), [IDX, HEAVY_IDX, IDX, HEAVY_IDX]):
         gpu_ops.numpy_row_update(spec, ref, idx, g)
-        out = fn(*got, idx, g)
+        out = fn(*got, idx, g, *scalars)
         got = list(out) if isinstance(out, tuple) else [out]
     for a, b in zip(ref, got):
         np.testing.assert_allclose(np.asarray(b), a, rtol=2e-5, atol=1e-6)
@@ -268,7 +270,7 @@ def test_numba_kernel_cache_key_follows_the_imported_code(tmp_path, monkeypatch)
     test run started before an edit compiled the old kernel under the edited file's salt)."""
     import importlib
     pytest.importorskip('numba')
-    fn, salt = _row_update.numba_sparse_row_update(gpu_ops.SparseRowUpdate(*spec_for('adagrad', 0.5, 0.0)))
+    fn, salt = _row_update.numba_sparse_row_update(gpu_ops.SparseRowUpdate('adagrad', 1e-6, True, False))
     assert salt == _ops_support.source_salt(_row_update.__name__)
     src = tmp_path / 'salted_kernel.py'
     src.write_text('import functools\nSTEP = 2\n\n@functools.cache\ndef kernel():\n'

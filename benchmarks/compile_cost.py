@@ -1,0 +1,131 @@
+"""What compiling the training step costs: cold and warm, after a new learning rate, over a 10-trial search.
+
+    python benchmarks/compile_cost.py TRAIN [--events N] [--backend numba] [--old-repo DIR] [--out FILE.json]
+
+Every number is the wall time of a fit of the quick-start configuration (param_samples/
+rsc15_cross-entropy_logq.py, 1 epoch) on the first N events (default 3000) of TRAIN: at that size the fit is
+almost all compiling, so it is the time to the first trained minibatches. Each measurement runs in a child
+process with one BLAS/Numba thread and its own PyTensor cache folder (base_compiledir, which also holds
+PyTensor's Numba cache):
+
+* cold: an empty cache folder (a first run after installing);
+* warm: the same configuration again in a new process on the cache the cold run left;
+* new learning rate: learning_rate 0.2 -> 0.1 in a new process on that cache (before issue 19 every new value
+  was a new graph, compiled from scratch);
+* 10 trials: ten fits in one process with other learning rates, momenta and logQ strengths (what a paropt
+  study whose trials share the structure runs), on that cache; their sum, the first, and the number of
+  compiles the process made (_training.compile_count);
+* cold at --old-repo (e.g. a `git worktree add /tmp/cbc cbc96da` checkout): the same cold fit with that
+  checkout's code, measured in the same run for a fair comparison.
+
+Prints a table (seconds) and the machine; --out also writes the numbers as JSON.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ONE_THREAD = {v: '1' for v in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'NUMBA_NUM_THREADS')}
+TRIALS = [dict(learning_rate=lr, momentum=mu, logq=lq) for lr, mu, lq in
+          [(0.2, 0.2, 1.0), (0.1, 0.3, 1.0), (0.05, 0.1, 0.5), (0.3, 0.2, 0.8), (0.15, 0.4, 1.0),
+           (0.2, 0.05, 0.3), (0.08, 0.2, 0.9), (0.25, 0.5, 0.6), (0.12, 0.3, 0.7), (0.18, 0.1, 0.4)]]
+
+
+def quick_start_params():
+    namespace = {}
+    with open(os.path.join(HERE, 'param_samples', 'rsc15_cross-entropy_logq.py')) as f:
+        exec(f.read(), namespace)
+    return dict(namespace['gru4rec_params'], n_epochs=1)
+
+
+def child(repo, train, events, backend, fits):
+    """In the child process: the seconds of each fit (with repo's code), and the compile count if it has one."""
+    sys.path.insert(0, repo)
+    import contextlib
+    import io
+    import pandas as pd
+    from gru4rec import GRU4Rec
+    data = pd.read_csv(train, sep='\t', dtype={'ItemId': str}, nrows=events)
+    seconds = []
+    for changes in fits:
+        t0 = time.time()
+        with contextlib.redirect_stdout(io.StringIO()):
+            GRU4Rec(**dict(quick_start_params(), backend=backend, **changes)).fit(data)
+        seconds.append(time.time() - t0)
+    training = sys.modules.get('_training')
+    return {'seconds': seconds, 'compiles': training.compile_count() if hasattr(training, 'compile_count') else None}
+
+
+def measure(repo, cachedir, train, events, backend, fits):
+    env = dict(os.environ, **ONE_THREAD, PYTENSOR_FLAGS=f'base_compiledir={cachedir}')
+    cmd = [sys.executable, os.path.abspath(__file__), train, '--child', repo, '--events', str(events),
+           '--backend', backend, '--fits', json.dumps(fits)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo)
+    if r.returncode != 0:
+        sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
+        raise SystemExit(f'the measurement with {repo} failed (exit code {r.returncode})')
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return f'{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}'
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('train', help='training data (e.g. data/rsc15_64/rec15_64_train_full.txt.gz)')
+    ap.add_argument('--events', type=int, default=3000, help='events of TRAIN to fit on (default 3000)')
+    ap.add_argument('--backend', default='numba', choices=('numba', 'jax', 'python'))
+    ap.add_argument('--old-repo', metavar='DIR', help='another checkout whose cold compile to measure too')
+    ap.add_argument('--out', metavar='FILE.json')
+    ap.add_argument('--child', metavar='REPO', help=argparse.SUPPRESS)
+    ap.add_argument('--fits', help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    train = os.path.abspath(args.train)
+    if args.child:
+        print('\n' + json.dumps(child(args.child, train, args.events, args.backend, json.loads(args.fits))))
+        return 0
+    rows, numbers = [], {}
+    with tempfile.TemporaryDirectory(prefix='compile_cost_') as tmp:
+        cache = os.path.join(tmp, 'cache')
+        base = [dict(learning_rate=0.2)]
+        numbers['cold'] = measure(HERE, cache, train, args.events, args.backend, base)['seconds'][0]
+        rows.append(('cold compile (empty cache), first fit', numbers['cold']))
+        numbers['warm'] = measure(HERE, cache, train, args.events, args.backend, base)['seconds'][0]
+        rows.append(('warm (same configuration, new process)', numbers['warm']))
+        numbers['new_lr'] = measure(HERE, cache, train, args.events, args.backend, [dict(learning_rate=0.1)])['seconds'][0]
+        rows.append(('learning_rate 0.2 -> 0.1 (new process, warm cache)', numbers['new_lr']))
+        trials = measure(HERE, cache, train, args.events, args.backend, TRIALS)
+        numbers['trials'] = trials
+        rows.append(('10 trials in one process: all fits', sum(trials['seconds'])))
+        rows.append(('10 trials: first fit', trials['seconds'][0]))
+        rows.append(('10 trials: each later fit (mean)', sum(trials['seconds'][1:]) / 9))
+        if args.old_repo:
+            old = measure(os.path.abspath(args.old_repo), os.path.join(tmp, 'old_cache'), train, args.events,
+                          args.backend, base)
+            numbers['old_cold'] = old['seconds'][0]
+            rows.append((f'cold compile at {args.old_repo}', numbers['old_cold']))
+    print(f'Machine: {machine()}; backend {args.backend}; {args.events} events of {args.train}; quick-start '
+          f'configuration, 1 epoch; 10-trial process compiled {trials["compiles"]} training step(s)\n')
+    print('| measurement | seconds |\n|---|---|')
+    for label, secs in rows:
+        print(f'| {label} | {secs:.1f} |')
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(dict(numbers, machine=machine(), backend=args.backend, events=args.events), f, indent=1)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
