@@ -10,9 +10,9 @@ import os
 import sys
 
 if __package__:
-    from . import _interrupts, cli
+    from . import _interrupts, _outputs, cli
 else:
-    import _interrupts, cli  # noqa: E401
+    import _interrupts, _outputs, cli  # noqa: E401
 
 InputError = cli.InputError
 OUTPUT_FORMATS = {'.csv': 'csv', '.tsv': 'tsv', '.txt': 'tsv', '.parquet': 'parquet', '.jsonl': 'jsonl', '.json': 'jsonl',
@@ -67,11 +67,7 @@ def _main(argv, written):
     if args.batch_size < 1:
         raise InputError(f'--batch_size must be a positive integer, got {args.batch_size}')
     fmt = output_format(args.output)
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(out_dir):
-        raise InputError(f'The output folder does not exist: {out_dir}')
-    if os.path.isdir(args.output):
-        raise InputError(f'The output path is a folder: {args.output}')
+    args.new_folders = _outputs.check_output_path(args.output, '-o')   # made only when the output is written
     if fmt == 'parquet' and importlib_find('pyarrow') is None:
         raise InputError('Writing .parquet needs pyarrow: pip install pyarrow')
     candidates = None
@@ -114,6 +110,7 @@ def _recommend(args, own, fmt, candidates, mod, written):
     if skipped:
         print(f'Skipped {skipped} events with items unknown to the model'
               + (f' ({empty} sessions had no known item and get no recommendation)' if empty else ''))
+    _outputs.create_folders(args.new_folders, '-o')
     write_output(result, args.output, fmt, mod.atomic_write)
     written.append(args.output)
     n_sessions = result['session'].nunique()

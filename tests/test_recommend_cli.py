@@ -89,7 +89,8 @@ BAD = [
     ('k zero', lambda f, t: [f['model'], f['events'], '-k', 0, '-o', t / 'o.csv'], '-k must be'),
     ('k text', lambda f, t: [f['model'], f['events'], '-k', 'many', '-o', t / 'o.csv'], 'invalid int value'),
     ('missing column', lambda f, t: [f['model'], f['events'], '-ik', 'Product', '-o', t / 'o.csv'], 'Product'),
-    ('no output folder', lambda f, t: [f['model'], f['events'], '-o', t / 'sub' / 'o.csv'], 'output folder does not exist'),
+    ('file in the way of the output folder', lambda f, t: [f['model'], f['events'], '-o', f['events'] / 'sub' / 'o.csv'],
+     'is a file, not a folder'),
     ('unknown flag', lambda f, t: [f['model'], f['events'], '-o', t / 'o.csv', '--frobnicate'], 'Unrecognized'),
     ('alien items', lambda f, t: [f['model'], f['alien'], '-o', t / 'o.csv'], 'shares no item'),
     ('text times', lambda f, t: [f['model'], f['text_times'], '-o', t / 'o.csv'], 'non-numeric'),
@@ -114,6 +115,14 @@ def test_bad_input_is_one_error_line(files, tmp_path, name, args, message):
     assert message in err[0]
     assert 'Traceback' not in r.stdout + r.stderr
     assert list(work.iterdir()) == []      # nothing written
+
+
+def test_missing_output_folders_are_made(files, tmp_path):
+    """As with training's -s and --metrics_out: the output's missing folders are made (when it is written)."""
+    out = tmp_path / 'new' / 'sub' / 'o.csv'
+    r = run(files['model'], files['events'], '-k', 3, '-o', out)
+    assert r.returncode == 0, r.stderr
+    assert len(pd.read_csv(out)) > 0
 
 
 def test_training_command_still_works_beside_the_subcommand(files, tmp_path):
