@@ -241,6 +241,8 @@ class GRU4Rec:
         first_epoch = 0
         if options.resume:
             first_epoch, self.epoch_stats_ = run.restore_checkpoint()
+            if first_epoch >= p.n_epochs:
+                print(f'The checkpoint holds all {p.n_epochs} epochs: nothing left to train')
         try:
             for epoch in range(first_epoch, p.n_epochs):
                 stats, bad_step = run.epoch(epoch, unpad_after=bool(options.checkpoint) or epoch_callback is not None)
@@ -248,7 +250,11 @@ class GRU4Rec:
                     return self._diverged(epoch, bad_step)
                 self.epoch_stats_.append(stats)
                 if options.checkpoint:   # before the epoch's line: a Ctrl-C after the line keeps the epoch
-                    run.save_checkpoint(epoch + 1, self.epoch_stats_)
+                    try:
+                        run.save_checkpoint(epoch + 1, self.epoch_stats_)
+                    except Exception:   # (not a Ctrl-C) the epoch is trained and in the model all the same
+                        print(_training.epoch_line(stats))
+                        raise
                 print(_training.epoch_line(stats))
                 if epoch_callback is not None and epoch_callback(self, stats):
                     break

@@ -177,7 +177,9 @@ class Progress:
         else:
             how = ' yet (a checkpoint is written after every epoch)' if args.checkpoint_dir \
                 else ' (use --checkpoint_dir to keep progress)'
-        return f'{head} {where}; {" and ".join(kept) or "nothing was saved"}{how}.'
+        results = [flag for flag, path in (('--metrics_out', args.metrics_out), ('--plot', args.plot)) if path]
+        unwritten = f'; {" and ".join(results)} not written' if results and self.stage != 'writing' else ''
+        return f'{head} {where}; {" and ".join(kept) or "nothing was saved"}{how}{unwritten}.'
 
 
 def checkpoint_epochs(folder):
@@ -226,16 +228,23 @@ def _run(args, own, mod, evaluation):
         evaluate_tests(args, gru, tests, items, keys, evaluation, record)
         args.progress.stage = 'writing'
     except TrainingStopped as e:
-        cli.report_error(str(e))
+        line, gru = e.args
+        cli.report_error(line)
+        write_results(args, gru, record, failed)   # the finished epochs' losses (no evaluation was run)
         return cli.EXIT_TRAINING_FAILED
     except BaseException:
         _outputs.remove_folders(created)   # those still empty: a run stopped by bad input leaves nothing behind
         raise
+    write_results(args, gru, record, failed)
+    return cli.EXIT_TRAINING_FAILED if failed else 0
+
+
+def write_results(args, gru, record, failed):
+    """--metrics_out and --plot, each to its fallback file if it cannot be written."""
     record['parameters'] = dict(gru.get_params())
     for path, what, write in ((args.metrics_out, 'the metrics', write_metrics), (args.plot, 'the plot', plot_record)):
         if path:
             write_output(path, what, lambda p, write=write: write(p, record), failed)
-    return cli.EXIT_TRAINING_FAILED if failed else 0
 
 
 def write_output(path, what, write, failed):
@@ -309,7 +318,8 @@ def train_model(args, own, mod, keys_cli, record, created, failed):
         reason = _outputs.write_failure(e)
         if reason is None or not getattr(gru, 'epoch_stats_', None):
             raise
-        raise TrainingStopped(keep_trained(args, gru, reason)) from None
+        record['training'] = training_record(gru, time.time() - t0)
+        raise TrainingStopped(keep_trained(args, gru, reason), gru) from None
     if gru.error_during_train_:
         kept = ' (the checkpoint of the last finished epoch is kept)' if args.checkpoint_dir else ''
         print(f'ERROR. Training stopped: the loss became NaN in epoch {gru.error_epoch_}, step {gru.error_step_}. '
@@ -317,8 +327,7 @@ def train_model(args, own, mod, keys_cli, record, created, failed):
               f'{gru.nan_hint() or "Try a lower learning_rate or a grad_cap"}.', file=sys.stderr)
         return gru, tests
     seconds = time.time() - t0
-    record['training'] = {'seconds': seconds, 'epochs': [
-        dict(e, mb_per_s=e['steps'] / e['seconds'], events_per_s=e['events'] / e['seconds']) for e in gru.epoch_stats_]}
+    record['training'] = training_record(gru, seconds)
     print(f'Total training time: {seconds:.2f}s')
     del data
     if args.save_model is not None:
@@ -332,8 +341,15 @@ def train_model(args, own, mod, keys_cli, record, created, failed):
     return gru, tests
 
 
+def training_record(gru, seconds):
+    """The metrics record's training part: the finished epochs' statistics and speeds."""
+    return {'seconds': seconds, 'epochs': [
+        dict(e, mb_per_s=e['steps'] / e['seconds'], events_per_s=e['events'] / e['seconds']) for e in gru.epoch_stats_]}
+
+
 class TrainingStopped(Exception):
-    """Training stopped after some epochs, what they trained is kept: the ERROR line, exit code 1."""
+    """Training stopped after some epochs, what they trained is kept: args (the ERROR line, the model); exit
+    code 1."""
 
 
 def keep_trained(args, gru, reason):

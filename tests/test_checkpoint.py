@@ -111,3 +111,15 @@ def test_large_arrays_are_checked_then_read_again(tmp_path):
     rewrite(path, lambda h, a: a['sampler_store'].__setitem__((-1, 0), n_items))
     with pytest.raises(GRU4RecError, match=rf'sample store holds item indices outside 0\.\.{n_items - 1}'):
         GRU4Rec(**PARAMS).fit(data, sample_store=400000, checkpoint_dir=str(tmp_path), resume=True)
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_left(tmp_path, capsys):
+    """A checkpoint of the last epoch: resume trains nothing and says so, and the model is the checkpoint's."""
+    data = sessions()
+    done = GRU4Rec(**PARAMS).fit(data, checkpoint_dir=str(tmp_path))
+    capsys.readouterr()
+    again = GRU4Rec(**PARAMS).fit(data, checkpoint_dir=str(tmp_path), resume=True)
+    out = capsys.readouterr().out
+    assert 'The checkpoint holds all 2 epochs: nothing left to train' in out and 'Epoch' not in out
+    for name, w in done.get_weights().items():
+        assert np.array_equal(again.get_weights()[name], w), name

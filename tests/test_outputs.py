@@ -127,13 +127,15 @@ def test_failed_writes_after_training_go_to_the_temp_folder(files, tmp_path):
 def test_a_failed_checkpoint_stops_training_and_keeps_the_model(files, tmp_path):
     """The checkpoint folder is replaced by a file after epoch 1: the checkpoint of epoch 2 fails, training
     stops with one ERROR line (exit 1, no evaluation) and -s holds the model of epoch 2, the same as a run of
-    2 epochs (the python backend is deterministic for a seed)."""
+    2 epochs (the python backend is deterministic for a seed); epoch 2's line is printed and the metrics file
+    holds both epochs."""
     from gru4rec import GRU4Rec
     train = make_sessions(tmp_path / 'train.tsv', n_sessions=1000, n_items=50)   # epochs of ~1 s: time to act
     params = TINY.replace('n_epochs=1', 'n_epochs=3')
     env = {k: v for k, v in os.environ.items() if k not in ('PYTENSOR_FLAGS', 'THEANO_FLAGS')}
     proc = subprocess.Popen([sys.executable, '-u', os.path.join(ROOT, 'run.py'), train, '-ps', params, '-ss', '1000',
-                             '--checkpoint_dir', 'ck', '-s', 'm.gru4rec', '-t', files['test'], '--backend', 'python'],
+                             '--checkpoint_dir', 'ck', '-s', 'm.gru4rec', '-t', files['test'], '--backend', 'python',
+                             '--metrics_out', 'm.json'],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out = []
     for line in proc.stdout:
@@ -144,7 +146,9 @@ def test_a_failed_checkpoint_stops_training_and_keeps_the_model(files, tmp_path)
     err = proc.stderr.read()
     assert proc.wait() == 1, err
     out = ''.join(out)
-    assert 'Traceback' not in out + err and 'Epoch2' not in out and 'Recall@' not in out
+    assert 'Traceback' not in out + err and 'Epoch2 -->' in out and 'Epoch3' not in out and 'Recall@' not in out
+    record = json.loads((tmp_path / 'm.json').read_text())
+    assert len(record['training']['epochs']) == 2 and record['evaluation'] == []
     assert err.strip() == ('ERROR. Cannot write the checkpoint in ck (Not a directory): training stopped after '
                            'epoch 2; its model was saved to m.gru4rec')
     r = run(train, '-ps', params.replace('n_epochs=3', 'n_epochs=2'), '-ss', 1000, '-s', 'two.gru4rec', cwd=tmp_path)

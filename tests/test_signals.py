@@ -104,10 +104,12 @@ def test_sigterm_during_evaluation_keeps_the_saved_model(data, tmp_path):
     model = tmp_path / 'model.gru4rec'
     tests = [data['test']] * 20   # evaluated one after the other: the signal lands in one of them
     out, err, rc = signal_at(start('run.py', data['train'], '-ps', PARAMS.replace('n_epochs=3', 'n_epochs=1'),
-                                   '-s', model, '-t', *tests), ['Starting evaluation'], signal.SIGTERM)
+                                   '-s', model, '--metrics_out', tmp_path / 'm.json', '-t', *tests), ['Starting evaluation'],
+                             signal.SIGTERM)
     assert rc == 143
     assert err == [f'Interrupted (SIGTERM) during the evaluation of {data["test"]}; the model is saved in {model} '
-                   '(evaluate it with -l).']
+                   '(evaluate it with -l); --metrics_out not written.']
+    assert not (tmp_path / 'm.json').exists()
     r = run(model, '-l', '-t', data['test'])
     assert r.returncode == 0, r.stderr
 
