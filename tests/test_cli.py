@@ -319,7 +319,9 @@ def test_bad_input_is_one_error_line(bad_files, tmp_path, name, args, message):
 
 
 def test_bad_input_table_is_large_enough():
-    assert len(BAD) >= 25
+    """Issue 18's catalogue: at least 50 cases of bad input to run.py (test_outputs.BAD_OUTPUTS adds the -s cases)."""
+    import test_outputs
+    assert len(BAD) + len(test_outputs.BAD_OUTPUTS) >= 50
 
 
 @pytest.mark.slow
