@@ -2,8 +2,8 @@
 other checks passed (and removed again if the run then stops on bad input), and a fallback file in the
 system temp folder when a write still fails at the end, so that nothing trained is thrown away.
 
-Imports no numerics: the command lines check their paths before the configuration is applied (run.py does;
-paropt.py's -o and --storage can use check_output_path and create_folders the same way).
+Imports no numerics: the command lines (run.py; paropt.py for -o and an SQLite --storage, through _study;
+gru4rec recommend for -o) check their paths before the configuration is applied.
 """
 import os
 import tempfile

@@ -22,9 +22,9 @@ import time
 import warnings
 
 if __package__:
-    from . import cli
+    from . import _outputs, cli
 else:
-    import cli
+    import _outputs, cli  # noqa: E401
 
 InputError = cli.InputError
 NOT_RUN = 'not_run'             # user attribute of a trial given back unrun (the budget was full)
@@ -50,28 +50,10 @@ def parse_storage(value):
     return value, None
 
 
-def check_output_path(path, option):
-    """Fail now, before any data are read, if `path` cannot be written: a folder in its place, a file where
-    one of its folders should be, no permission. Missing folders are made later, by make_folder."""
-    path = os.path.abspath(path)
-    if os.path.isdir(path):
-        raise InputError(f'{option} {path} is a folder; give a file name')
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise InputError(f'{option} {path}: no permission to write the file')
-    folder = os.path.dirname(path)
-    while not os.path.exists(folder):
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        raise InputError(f'{option} {path}: cannot make its folder, {folder} is a file')
-    if not os.access(folder, os.W_OK | os.X_OK):   # new files (temp file, SQLite journal) go into the folder
-        raise InputError(f'{option} {path}: no permission to write in {folder}')
-
-
 def make_folder(path, option):
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    except OSError as e:
-        raise InputError(f'{option} {path}: cannot make its folder: {e.strerror}') from None
+    """Make the missing folders of the output file `path` (checked by _outputs.check_output_path before any
+    data were read; checked again here, as the file system may have changed since)."""
+    _outputs.create_folders(_outputs.check_output_path(path, option), option)
 
 
 def check_storage(value):
@@ -79,7 +61,7 @@ def check_storage(value):
     is checked as an output path (and must be an SQLite file if it exists); a server is connected to once."""
     url, path = parse_storage(value)
     if path is not None:
-        check_output_path(path, '--storage')
+        _outputs.check_output_path(path, '--storage')
         if os.path.isfile(path) and os.path.getsize(path):
             with open(path, 'rb') as f:
                 if f.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:

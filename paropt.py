@@ -33,9 +33,9 @@ import time
 from collections import OrderedDict
 
 if __package__:
-    from . import _interrupts, _study, _workers, cli, run
+    from . import _interrupts, _outputs, _study, _workers, cli, run
 else:
-    import _interrupts, _study, _workers, cli, run  # noqa: E401
+    import _interrupts, _outputs, _study, _workers, cli, run  # noqa: E401
 
 InputError = cli.InputError
 DTYPES = ('int', 'float', 'categorical')
@@ -368,7 +368,7 @@ def _main(argv, progress):
     except ImportError:
         raise InputError('paropt needs Optuna: pip install optuna (or the extra: pip install -e ".[tune]")') from None
     # the outputs, before any data are read: a bad path or an unreachable database fails now
-    _study.check_output_path(args.output, '-o')
+    _outputs.check_output_path(args.output, '-o')
     args.storage_url, args.storage_shown = _study.check_storage(args.storage)
     mod = cli.import_model_module(args.gru4rec_model)   # numpy, PyTensor (and JAX) are imported from here on
     try:

@@ -295,7 +295,7 @@ BAD_PAROPT = [
     ('in-memory SQLite URL', lambda f: ['--storage', 'sqlite://'], 'an SQLite URL names a file'),
     ('storage under a file', lambda f: ['--storage', f['file'] / 'x.sqlite'], 'is a file'),
     ('storage not SQLite', lambda f: ['--storage', f['file']], 'is not an SQLite file'),
-    ('best file under a file', lambda f: ['-o', f['file'] / 'best.py'], 'cannot make its folder'),
+    ('best file under a file', lambda f: ['-o', f['file'] / 'best.py'], 'is a file, not a folder'),
     ('best file is a folder', lambda f: ['-o', f['folder']], 'is a folder; give a file name'),
 ]
 
