@@ -139,7 +139,8 @@ def type_name(values):
     if dtype is not None and getattr(dtype, 'kind', 'O') not in 'OUS' and not isinstance(dtype, pd.StringDtype):
         return str(dtype)
     inferred = pd.api.types.infer_dtype(values, skipna=True)
-    return {'string': 'str', 'integer': 'int', 'floating': 'float', 'boolean': 'bool'}.get(inferred, inferred)
+    return {'string': 'str', 'integer': 'int', 'floating': 'float', 'boolean': 'bool', 'mixed-integer-float':
+            'int and float', 'mixed-integer': 'int and other', 'mixed': 'mixed'}.get(inferred, inferred)
 
 
 def model_type_name(ids):

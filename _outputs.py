@@ -5,6 +5,7 @@ system temp folder when a write still fails at the end, so that nothing trained 
 Imports no numerics: the command lines (run.py; paropt.py for -o and an SQLite --storage, through _study;
 gru4rec recommend for -o) check their paths before the configuration is applied.
 """
+import errno
 import os
 import tempfile
 
@@ -44,8 +45,9 @@ def check_output_path(path, flag, folder=False):
         fd, probe = tempfile.mkstemp(prefix='.probe-', dir=nearest)
         os.close(fd)
         os.unlink(probe)
-    except OSError as e:
-        raise cli.InputError(f'{flag} {path}: cannot write in the folder {nearest} ({e.strerror or e})') from None
+    except OSError as e:   # (a virtual file system such as /proc answers "no such file" for a new file)
+        reason = 'files cannot be created there' if e.errno == errno.ENOENT else (e.strerror or e)
+        raise cli.InputError(f'{flag} {path}: cannot write in the folder {nearest} ({reason})') from None
     return missing
 
 
