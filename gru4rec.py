@@ -8,6 +8,7 @@ done in modules named after what they hold:
   _params.py    parameters: defaults, conversion from strings, checks; GRU4RecError
   _graph.py     activations, losses, weights, GRU layers, the training and prediction graphs
   _optim.py     optimiser updates (dense graphs; item rows through gpu_ops' sparse row update)
+  _hyper.py     the continuous hyper-parameters as runtime inputs (one compiled step per structure)
   _batches.py   session-parallel minibatches and the fixed-width packer of training and evaluation
   _sampling.py  negative samplers, dropout and tie-break noise, the random streams of a run
   _training.py  fit's checks, memory estimate, compiled training step, the epoch loops
