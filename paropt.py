@@ -356,7 +356,9 @@ def _main(argv, progress):
         if cores:
             print(f'Worker {args.worker} of {args.n_workers}: cores {",".join(map(str, cores))}, '
                   f'{len(cores)} BLAS/OpenMP/Numba thread(s)', flush=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # the parent forwards Ctrl-C/SIGTERM as SIGINT: handled like the command lines' own, even where this
+        # process was started with SIGINT ignored (a background job of a script)
+        signal.signal(signal.SIGINT, _interrupts.handle)
     args.study_name = args.study_name or os.path.splitext(os.path.basename(args.optuna_parameter_file))[0]
     environ = dict(os.environ)
     if args.theano_flags:

@@ -400,6 +400,8 @@ def test_n_workers_parent_forwards_ctrl_c_and_sigterm(tmp_path, sig, code):
     assert 'Traceback' not in out + err
     last = err.strip().splitlines()[-1]
     assert last.startswith(f'Interrupted ({signal.Signals(sig).name}); the workers stopped;'), err
+    for i in (0, 1):   # each worker reported the forwarded Ctrl-C (none swallowed it and trained on)
+        assert any(line.startswith(f'[w{i}] Interrupted (SIGINT)') for line in err.splitlines()), err
     states = [t.state.name for t in all_trials(str(storage), 'sig')]
     assert 'RUNNING' not in states and states.count('COMPLETE') + states.count('PRUNED') < 20
 
