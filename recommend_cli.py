@@ -49,15 +49,9 @@ def output_format(path):
 def main(argv):
     """Entry point (run.py dispatches `recommend ...` here). Returns the exit code."""
     written = []   # the output file, once it is written
-    return _interrupts.run_main(lambda: _main(argv, written), InputError, _error, lambda stop: (
+    return _interrupts.run_main(lambda: _main(argv, written), InputError, cli.report_error, lambda stop: (
         f'Interrupted ({stop.name}); ' + (f'the recommendations were written to {written[0]}.' if written
                                           else 'nothing was written.')))
-
-
-def _error(message):
-    sys.stdout.flush()
-    print('ERROR. ' + ' '.join(str(message).split()), file=sys.stderr)
-    return cli.EXIT_BAD_INPUT
 
 
 def _main(argv, written):
