@@ -29,6 +29,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import live_common  # noqa: E402  (the CPU's name, as in the other benchmarks' tables)
+
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONE_THREAD = {v: '1' for v in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'NUMBA_NUM_THREADS')}
 TRIALS = [dict(learning_rate=lr, momentum=mu, logq=lq) for lr, mu, lq in
@@ -73,13 +76,7 @@ def measure(repo, cachedir, train, events, backend, fits):
 
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
-    return f'{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}'
+    return f'{live_common.cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}'
 
 
 def main():
