@@ -36,16 +36,23 @@ def rewrite(path, change):
         np.savez(f, **arrays)
 
 
+def resumes_exactly(tmp_path, data, made_with, resumed_with):
+    """Checkpoint epoch 1 with sample_store=made_with, resume with resumed_with: the weights must equal an
+    uninterrupted run's. Returns that run's model."""
+    full = GRU4Rec(**PARAMS).fit(data, sample_store=made_with)
+    first_epoch(tmp_path, data, sample_store=made_with)
+    resumed = GRU4Rec(**PARAMS).fit(data, sample_store=resumed_with, checkpoint_dir=str(tmp_path), resume=True)
+    for k, v in full.get_weights().items():
+        np.testing.assert_array_equal(resumed.get_weights()[k], v, err_msg=k)
+    return full
+
+
 def test_a_sample_store_of_the_same_rows_resumes_to_the_uninterrupted_model(tmp_path):
     """-ss 35 and -ss 39 both make 7 rows of 5 samples: the same draws, so resuming is allowed and exact;
     -ss 40 (8 rows) would draw other negatives and is refused, naming both sizes."""
     data = sessions()
-    full = GRU4Rec(**PARAMS).fit(data, sample_store=35)
+    resumes_exactly(tmp_path, data, 35, 39)
     path = first_epoch(tmp_path, data, sample_store=35)
-    resumed = GRU4Rec(**PARAMS).fit(data, sample_store=39, checkpoint_dir=str(tmp_path), resume=True)
-    for k, v in full.get_weights().items():
-        np.testing.assert_array_equal(resumed.get_weights()[k], v, err_msg=k)
-    first_epoch(tmp_path, data, sample_store=35)
     with pytest.raises(GRU4RecError, match=r'was made with -ss 35 \(a sample store of 7 rows of 5 samples\); this '
                                            r'run asks for -ss 40 \(a sample store of 8 rows of 5 samples\)'):
         GRU4Rec(**PARAMS).fit(data, sample_store=40, checkpoint_dir=str(tmp_path), resume=True)
@@ -101,13 +108,8 @@ def test_large_arrays_are_checked_then_read_again(tmp_path):
     memory between the check and the restore: the resumed run still ends with the uninterrupted run's weights,
     and a store holding an index outside the catalogue is refused before anything is compiled."""
     data = sessions()
-    full = GRU4Rec(**PARAMS).fit(data, sample_store=400000)
+    n_items = resumes_exactly(tmp_path, data, 400000, 400000).n_items_
     path = first_epoch(tmp_path, data, sample_store=400000)
-    resumed = GRU4Rec(**PARAMS).fit(data, sample_store=400000, checkpoint_dir=str(tmp_path), resume=True)
-    for k, v in full.get_weights().items():
-        np.testing.assert_array_equal(resumed.get_weights()[k], v, err_msg=k)
-    first_epoch(tmp_path, data, sample_store=400000)
-    n_items = full.n_items_
     rewrite(path, lambda h, a: a['sampler_store'].__setitem__((-1, 0), n_items))
     with pytest.raises(GRU4RecError, match=rf'sample store holds item indices outside 0\.\.{n_items - 1}'):
         GRU4Rec(**PARAMS).fit(data, sample_store=400000, checkpoint_dir=str(tmp_path), resume=True)
