@@ -39,7 +39,7 @@ def monotone_activation(final_act):
     else None. softmax_logit predicts with softmax (_graph.prediction_step)."""
     kind, args = _params.activation_spec(final_act, final=True)
     kind = 'softmax' if kind == 'softmax_logit' else kind
-    if kind in ('leaky', 'elu') and args[0] < 0 or kind == 'selu' and (args[0] < 0 or args[1] < 0):
+    if not all(a >= 0 for a in args):    # (names give no negative numbers, but 'elu-nan' parses)
         return None
     return kind, args
 
@@ -155,12 +155,14 @@ def _block_stats():
 def select_blocked(raw, ns, kk, excluded_rows=None, excluded_items=None):
     """Candidates for the top-kk of rows ns: every score >= the kk-th largest block maximum of its row (the top
     kk block maxima are kk scores, so the kk-th largest score is not below it). Excluded (row, item) pairs (rows
-    counted within ns) are set to -inf in raw.blocks first. Returns (row within ns, item row, raw score) of
-    the finite candidates and each row's bound (every score left out is below it; -inf: none left out)."""
+    counted within ns) are left out (set to -inf in raw while it searches). Returns (row within ns, item row,
+    raw score) of the finite candidates and each row's bound (every score left out is below it; -inf: none)."""
     blocks, bm = raw.blocks, raw.block_max
     b = blocks.shape[2]
-    if excluded_rows is not None and len(excluded_rows):
+    excluded = excluded_rows is not None and len(excluded_rows)
+    if excluded:
         eb, ej, em = excluded_items // b, excluded_items % b, ns[excluded_rows]
+        kept = blocks[eb, em, ej], bm[eb, em]
         blocks[eb, em, ej] = -np.inf
         bm[eb, em] = blocks[eb, em].max(axis=1)
     sub = bm[:, ns]
@@ -169,6 +171,9 @@ def select_blocked(raw, ns, kk, excluded_rows=None, excluded_items=None):
     cb, cr = np.nonzero(sub >= bound)
     vals = blocks[cb, ns[cr]]                      # the blocks that can hold candidates: len(cb) x BLOCK
     i, j = np.nonzero((vals >= bound[cr, None]) & (vals > -np.inf))
+    if excluded:    # (raw stays valid for other calls; in reverse order, as pairs may repeat)
+        blocks[eb[::-1], em[::-1], ej[::-1]] = kept[0][::-1]
+        bm[eb[::-1], em[::-1]] = kept[1][::-1]
     return cr[i], cb[i] * b + j, vals[i, j], bound
 
 

@@ -65,9 +65,9 @@ class ModelAdapter:
     """A trained GRU4Rec seen as: an item index (ID -> row), a zero state, and one compiled prediction
     step f(item indices, states) -> (activated scores M x n_items, new states). On the CPU backends with a
     monotone final activation, ranked_step ranks by the fast path of _item_scores (item_block: items per
-    block of its copy of the item matrix)."""
+    block of its copy of the item matrix; fast=False: always by the prediction graph's scores)."""
 
-    def __init__(self, model, item_block=_item_scores.BLOCK):
+    def __init__(self, model, item_block=_item_scores.BLOCK, fast=True):
         if not hasattr(model, 'prediction_graph'):
             raise GRU4RecError(f'Expected a GRU4Rec model, got {type(model).__name__}')
         model.check_trained()
@@ -78,9 +78,10 @@ class ModelAdapter:
         self.backend = model.effective_backend
         self._id_kind = _item_ids.kind_of(self.item_ids)
         self._lookup = None   # item ID -> row, built at the first small lookup
+        self._id_list = None  # row -> item ID as a plain Python value, built at the first item_id
         self._pad = self.backend == 'jax'   # static shapes: pad M to a power of two (few recompiles)
         self._item_block = int(item_block)
-        self._fast = None   # (ItemBlocks, activation kind, args), False where the fast path does not apply
+        self._fast = None if fast else False   # (ItemBlocks, activation kind, args); False: not used
 
     # -- items ----------------------------------------------------------------------------------
     def index_of(self, ids, what='item IDs'):
@@ -100,7 +101,10 @@ class ModelAdapter:
 
     def item_id(self, rows):
         """Item IDs of rows (plain Python values, for JSON)."""
-        return self.item_ids[np.asarray(rows, dtype=np.int64)].tolist()
+        if self._id_list is None:    # (a list lookup per ID: indexing the pandas Index costs ~10 us per call)
+            self._id_list = self.item_ids.tolist()
+        ids = self._id_list
+        return [ids[r] for r in np.asarray(rows, dtype=np.int64).tolist()]
 
     # -- the step -------------------------------------------------------------------------------
     def zero_state(self, n):
