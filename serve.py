@@ -150,7 +150,9 @@ def create_app(model, settings=None):
     store = rec.LiveSessions(model, capacity=s.capacity, idle_timeout=s.idle_timeout)
     adapter = store.adapter
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix='gru4rec-model')
-    executor.submit(adapter.step, [0], adapter.zero_state(1)).result()    # compile now, not at the first click
+    # compile now, not at the first click: the one-row step and the batched steps' fast path (Numba kernels)
+    executor.submit(lambda: adapter.ranked_step([0, 0], adapter.zero_state(2))[0].top_k([0, 1], 1)).result()
+    executor.submit(adapter.step, [0], adapter.zero_state(1)).result()
     started = time.time()
     state = {}
 
