@@ -22,7 +22,7 @@ else:
     import _ops_support
 
 FLOAT = _ops_support.FLOAT
-__all__ = ['exp32', 'sigmoid32', 'Exp32', 'Sigmoid32', 'exp_f32', 'sigmoid_f32', 'RowMax']
+__all__ = ['exp32', 'sigmoid32', 'Exp32', 'Sigmoid32', 'exp_f32', 'sigmoid_f32', 'RowMax', 'numba_exp32_inline']
 
 _F = np.float32
 _EXP_HI, _EXP_LO = _F(88.72283), _F(-87.33654)     # exp overflows above / is below float32's normals
@@ -62,7 +62,7 @@ def sigmoid32(x):
 
 
 @functools.cache
-def _numba_exp32_inline():
+def numba_exp32_inline():
     """exp32 as a scalar Numba function, inlined into its callers' Numba IR (sigmoid32 calls it; an LLVM-level
     call per element would not vectorise). Callers must be fastmath=False like the scalar functions below:
     reassociation would undo the two-part ln 2 of the reduction, and no-NaN flags the NaN tests."""
@@ -92,7 +92,7 @@ def _numba_exp32():
     """The scalar function of Exp32 (PyTensor's fused loops call it and LLVM vectorises them; its own
     fastmath=False flags stay with its instructions when LLVM inlines it)."""
     import numba
-    exp32_inline = _numba_exp32_inline()
+    exp32_inline = numba_exp32_inline()
 
     @numba.njit(nogil=True, fastmath=False)
     def exp32_scalar(x):
@@ -103,7 +103,7 @@ def _numba_exp32():
 @functools.cache
 def _numba_sigmoid32():
     import numba
-    exp32_inline = _numba_exp32_inline()
+    exp32_inline = numba_exp32_inline()
 
     @numba.njit(nogil=True, fastmath=False, error_model='numpy')   # (no per-element zero check)
     def sigmoid32_scalar(x):

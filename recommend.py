@@ -43,13 +43,13 @@ import numpy as np
 import pandas as pd
 
 if __package__:
-    from . import _interrupts, _item_ids
+    from . import _interrupts, _item_ids, _item_scores
     from ._params import GRU4RecError
 else:
-    import _interrupts, _item_ids  # noqa: E401
+    import _interrupts, _item_ids, _item_scores  # noqa: E401
     from _params import GRU4RecError
 
-__all__ = ['ModelAdapter', 'Recommendations', 'top_k', 'recommend', 'recommend_batch', 'LiveSessions', 'GRU4RecError']
+__all__ = ['ModelAdapter', 'Ranking', 'Recommendations', 'top_k', 'recommend', 'recommend_batch', 'LiveSessions', 'GRU4RecError']
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,14 +58,16 @@ __all__ = ['ModelAdapter', 'Recommendations', 'top_k', 'recommend', 'recommend_b
 #   model.prediction_graph(X, H)             the prediction-mode step graph (activated scores, new states)
 #   model.cached_function(key, build)        the model's cache of compiled functions (reset by fit/set_params)
 #   model.compile_mode(), model.effective_backend   PyTensor compile mode / backend name
-#   model.layers, model.itemidmap_, model.n_items_, model.get_params()
+#   model.layers, model.itemidmap_, model.n_items_, model.get_params(), model.get_weights() (Wy, By)
 # ---------------------------------------------------------------------------------------------
 
 class ModelAdapter:
     """A trained GRU4Rec seen as: an item index (ID -> row), a zero state, and one compiled prediction
-    step f(item indices, states) -> (activated scores M x n_items, new states)."""
+    step f(item indices, states) -> (activated scores M x n_items, new states). On the CPU backends with a
+    monotone final activation, ranked_step ranks by the fast path of _item_scores (item_block: items per
+    block of its copy of the item matrix; fast=False: always by the prediction graph's scores)."""
 
-    def __init__(self, model):
+    def __init__(self, model, item_block=_item_scores.BLOCK, fast=True):
         if not hasattr(model, 'prediction_graph'):
             raise GRU4RecError(f'Expected a GRU4Rec model, got {type(model).__name__}')
         model.check_trained()
@@ -76,7 +78,10 @@ class ModelAdapter:
         self.backend = model.effective_backend
         self._id_kind = _item_ids.kind_of(self.item_ids)
         self._lookup = None   # item ID -> row, built at the first small lookup
+        self._id_list = None  # row -> item ID as a plain Python value, built at the first item_id
         self._pad = self.backend == 'jax'   # static shapes: pad M to a power of two (few recompiles)
+        self._item_block = int(item_block)
+        self._fast = None if fast else False   # (ItemBlocks, activation kind, args); False: not used
 
     # -- items ----------------------------------------------------------------------------------
     def index_of(self, ids, what='item IDs'):
@@ -96,7 +101,10 @@ class ModelAdapter:
 
     def item_id(self, rows):
         """Item IDs of rows (plain Python values, for JSON)."""
-        return self.item_ids[np.asarray(rows, dtype=np.int64)].tolist()
+        if self._id_list is None:    # (a list lookup per ID: indexing the pandas Index costs ~10 us per call)
+            self._id_list = self.item_ids.tolist()
+        ids = self._id_list
+        return [ids[r] for r in np.asarray(rows, dtype=np.int64).tolist()]
 
     # -- the step -------------------------------------------------------------------------------
     def zero_state(self, n):
@@ -112,6 +120,26 @@ class ModelAdapter:
         """The new states only (the same step graph with its scores pruned: no item-matrix product), for
         clicks whose recommendations nobody asks for (recommend_batch's earlier clicks)."""
         return self._run(self._step_fn(with_scores=False), idx, H)
+
+    def ranked_step(self, idx, H):
+        """One GRU step for M rows whose top-k is wanted: (Ranking of the M rows, new states)."""
+        fast = self._fast_path()
+        if not fast or len(idx) < 2:   # (one row: the graph's matrix-vector product is faster than the blocks)
+            scores, new_H = self.step(idx, H)
+            return Ranking(self, scores=scores), new_H
+        new_H = self.advance(idx, H)
+        blocks, kind, args = fast
+        return Ranking(self, raw=blocks.scores(new_H[-1], kind == 'softmax'), act=(kind, args), idx=idx, H=H), new_H
+
+    def _fast_path(self):
+        if self._fast is None:
+            act = _item_scores.monotone_activation(self.model.get_params()['final_act'])
+            if self.backend == 'jax' or act is None:   # (JAX: the product stays on its device)
+                self._fast = False
+            else:
+                w = self.model.get_weights()
+                self._fast = (_item_scores.ItemBlocks(w['Wy'], w['By'], self._item_block),) + act
+        return self._fast
 
     def _run(self, fn, idx, H):
         m = len(idx)
@@ -246,6 +274,50 @@ def _top_k_by_blocks(s, k):
     return part, top
 
 
+class Ranking:
+    """The scores of one step's M rows, ready for top_k. Either the activated scores of the prediction graph
+    (the reference), or raw scores in blocks (ModelAdapter.ranked_step's fast path): then the top-k comes from
+    a few candidates (_item_scores), and a row where that cannot be decided exactly, or a k too large for a
+    shortcut, is ranked by the reference step again."""
+    EXTRA = 4        # candidates beyond k: the exactness check compares the k-th with the (k + EXTRA)-th
+
+    def __init__(self, adapter, scores=None, raw=None, act=None, idx=None, H=None):
+        self.adapter, self.scores, self.raw, self.act, self.idx, self.H = adapter, scores, raw, act, idx, H
+
+    def top_k(self, ns, k, cand=None, excluded_rows=None, excluded_items=None):
+        """top_k of rows ns (excluded_rows counted within ns)."""
+        ns = np.asarray(ns, np.int64)
+        if self.raw is None:
+            return top_k(self.scores[ns], k, cand, excluded_rows, excluded_items)
+        raw, kk, m = self.raw, k + self.EXTRA, len(ns)
+        if kk >= (self.adapter.n_items if cand is None else len(cand)):
+            return self._reference(ns, k, cand, excluded_rows, excluded_items)
+        if cand is None and 4 * kk <= raw.block_max.shape[0]:
+            r, items, vals, bound = _item_scores.select_blocked(raw, ns, kk, excluded_rows, excluded_items)
+        else:
+            part, top, counts = top_k(raw.rows(ns), kk, cand, excluded_rows, excluded_items)
+            r, c = np.nonzero(np.arange(kk)[None, :] < counts[:, None])
+            items, vals = part[r, c], top[r, c]
+            bound = np.where(counts == kk, top[:, kk - 1], -np.inf)
+        kind, args = self.act
+        rmax, rsum = (raw.row_max[ns], raw.row_sum[ns]) if kind == 'softmax' else (None, None)
+        act = (lambda v, rows: _item_scores.activate(kind, args, v, rmax[rows], rsum[rows])) if rmax is not None else \
+            (lambda v, rows: _item_scores.activate(kind, args, v))
+        items, top, counts, exact = _item_scores.best_k(r, items, vals, bound, m, k, act)
+        if not exact.all():
+            redo = np.flatnonzero(~exact)
+            exr = exi = None
+            if excluded_rows is not None and len(excluded_rows):
+                hit = np.isin(excluded_rows, redo)
+                exr, exi = np.searchsorted(redo, excluded_rows[hit]), excluded_items[hit]
+            items[redo], top[redo], counts[redo] = self._reference(ns[redo], k, cand, exr, exi)
+        return items, top, counts
+
+    def _reference(self, ns, k, cand, excluded_rows, excluded_items):
+        scores, _ = self.adapter.step(self.idx[ns], [h[ns] for h in self.H])
+        return top_k(scores, k, cand, excluded_rows, excluded_items)
+
+
 @dataclass
 class Recommendations:
     """Top-k of one session: `items` (IDs, best first) and their `scores`; `skipped`: the clicks on unknown
@@ -365,12 +437,12 @@ def recommend_batch(model, events, k=20, exclude_seen=False, candidates=None, ev
             x = rows[start[:n_act] + t]
             emit = np.arange(n_act) if every_event else np.flatnonzero(lens[:n_act] == t + 1)
             if len(emit) == n_act:
-                scores, H = ad.step(x, H)
+                ranking, H = ad.ranked_step(x, H)
             else:   # states for all, scores (the costly part) only for the sessions that end here
                 H_before = H
                 H = ad.advance(x, H) if n_act > len(emit) else H
                 if len(emit):
-                    scores, _ = ad.step(x[emit], [h[emit] for h in H_before])
+                    ranking, _ = ad.ranked_step(x[emit], [h[emit] for h in H_before])
             if bar is not None:
                 bar.update(n_act)
             if len(emit) == 0:
@@ -379,7 +451,7 @@ def recommend_batch(model, events, k=20, exclude_seen=False, candidates=None, ev
             if exclude_seen:   # the session's known clicks up to this one
                 exr = np.repeat(np.arange(len(emit)), t + 1)
                 exi = rows[np.repeat(start[emit], t + 1) + np.tile(np.arange(t + 1), len(emit))]
-            top_items, top_scores, counts = top_k(scores, k, cand, exr, exi)
+            top_items, top_scores, counts = ranking.top_k(np.arange(len(emit)), k, cand, exr, exi)
             out_sess.append(block[emit])
             out_pos.append(pos[start[emit] + t])
             out_items.append(top_items)
@@ -555,7 +627,7 @@ class LiveSessions:
     def _step_and_rank(self, step_j, step_x, step_H, after, reqs, cands, results):
         ad = self.adapter
         H = [np.concatenate([h[i] for h in step_H]) for i in range(len(ad.layers))]
-        scores, new_H = ad.step(np.asarray(step_x, np.int64), H)
+        ranking, new_H = ad.ranked_step(np.asarray(step_x, np.int64), H)
         self.steps += 1
         for n, (j, (key, sess, advance)) in enumerate(zip(step_j, after)):
             if advance:
@@ -578,7 +650,7 @@ class LiveSessions:
                 seen = [after[n][1].seen for n in ns]
                 exr = np.repeat(np.arange(len(ns)), [len(s) for s in seen])
                 exi = np.asarray([i for s in seen for i in s], dtype=np.int64)
-            items, top, counts = top_k(scores[ns], k, cand, exr, exi)
+            items, top, counts = ranking.top_k(ns, k, cand, exr, exi)
             for r, n in enumerate(ns):
                 res = results[step_j[n]]
                 res.items = ad.item_id(items[r, :counts[r]])

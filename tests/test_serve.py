@@ -127,6 +127,7 @@ BAD = [
     ('POST', '/sessions/a/clicks', {'item': 'i1', 'candidates': ['nope']}, None, 400),
     ('POST', '/sessions/a/clicks', None, b'{"item": ', 422),                     # broken JSON
     ('POST', '/sessions/a/clicks', None, b'[1, 2]', 422),
+    ('POST', '/sessions/a/clicks', None, b'{"item": NaN}', 422),               # (json.loads reads NaN)
     ('POST', '/sessions/' + 'x' * 300 + '/clicks', {'item': 'i1'}, None, 422),  # session ID too long
     ('POST', '/sessions/a/clicks', None, json.dumps({'item': 'i1', 'candidates': ['i1'] * 2000}).encode(), 413),
     ('POST', '/recommend', {'items': ['i1'] * 51}, None, 422),                 # over --max_items
@@ -220,3 +221,63 @@ def test_command_line_errors(model_file, tmp_path):
         assert r.returncode == 2 and 'Cannot listen on 127.0.0.1' in r.stderr, r.stderr
     finally:
         s.stop()
+
+
+def test_fast_clicks_answers_valid_clicks_and_passes_on_everything_else():
+    """serve.FastClicks in-process: a valid click goes to the batcher and is answered with JSONResponse's bytes;
+    every body or path it does not accept reaches the FastAPI app (here a recorder) with the same body."""
+    import asyncio
+    from fastapi.responses import JSONResponse
+    import serve
+    from recommend import GRU4RecError, Recommendations
+
+    submitted, passed = [], []
+
+    async def inner(scope, receive, send):
+        passed.append((scope['path'], (await receive())['body']))
+        await serve.send_json(send, 422, {'error': 'from FastAPI'})
+
+    def submit(click):
+        submitted.append(click)
+        fut = asyncio.get_running_loop().create_future()
+        if click['item'] == 'bad':
+            fut.set_exception(GRU4RecError('None of the candidate items is known to the model'))
+        else:
+            fut.set_result(Recommendations(session=click['session'], items=['é', 2], scores=[0.5, 0.25], clicks=1))
+        return fut
+
+    app = serve.FastClicks(inner, submit, serve.Settings(max_k=30, max_items=3, max_session_id=5), GRU4RecError)
+
+    def call(path, body, ctype=b'application/json'):
+        sent, chunks = [], [{'type': 'http.request', 'body': body[:3], 'more_body': True},
+                            {'type': 'http.request', 'body': body[3:], 'more_body': False}]
+
+        async def receive():
+            return chunks.pop(0) if chunks else {'type': 'http.disconnect'}
+
+        async def send(msg):
+            sent.append(msg)
+        scope = {'type': 'http', 'method': 'POST', 'path': path, 'headers': [(b'content-type', ctype)] if ctype else []}
+        asyncio.run(app(scope, receive, send))
+        return sent[0]['status'], sent[1]['body']
+
+    status, body = call('/sessions/ab/clicks', b'{"item": 7, "k": 3, "exclude_seen": true, "candidates": ["x", 1]}')
+    want = Recommendations(session='ab', items=['é', 2], scores=[0.5, 0.25], clicks=1).to_dict()
+    assert (status, body) == (200, JSONResponse(want).body) and not passed
+    assert submitted[-1] == {'item': 7, 'k': 3, 'exclude_seen': True, 'candidates': ['x', 1], 'session': 'ab'}
+    assert call('/sessions/ab/clicks', b'{"item": "bad"}') == (400, b'{"error":"None of the candidate items is known to the model"}')
+    n = len(submitted)
+    bad = [('/sessions/ab/clicks', b'{"item": true}'), ('/sessions/ab/clicks', b'{"item": 1, "k": 31}'),
+           ('/sessions/ab/clicks', b'{"item": 1, "k": 0}'), ('/sessions/ab/clicks', b'{"item": 1, "k": 2.0}'),
+           ('/sessions/ab/clicks', b'{"item": 1, "exclude_seen": 1}'), ('/sessions/ab/clicks', b'{"item": 1, "x": 1}'),
+           ('/sessions/ab/clicks', b'{"item": 1, "candidates": [1, 2, 3, 4]}'), ('/sessions/ab/clicks', b'{"item": [1]}'),
+           ('/sessions/ab/clicks', b'{"item": 1, "candidates": [false]}'), ('/sessions/ab/clicks', b'{"item": 1e400}'),
+           ('/sessions/ab/clicks', b'{"item": NaN}'), ('/sessions/ab/clicks', b'{"item": 99999999999999999999}'),
+           ('/sessions/ab/clicks', b'{"k": 1}'), ('/sessions/ab/clicks', b'[1]'), ('/sessions/ab/clicks', b'{"item": '),
+           ('/sessions/abcdef/clicks', b'{"item": 1}'), ('/sessions//clicks', b'{"item": 1}'),
+           ('/sessions/a/b/clicks', b'{"item": 1}')]
+    for path, body in bad:
+        assert call(path, body) == (422, b'{"error":"from FastAPI"}') and passed[-1] == (path, body), body
+    assert call('/sessions/ab/clicks', b'{"item": 1}', ctype=b'text/plain')[0] == 422
+    assert call('/sessions/ab/clicks', b'{"item": 1}', ctype=None)[0] == 422
+    assert len(submitted) == n and len(passed) == len(bad) + 2
