@@ -1,10 +1,9 @@
-"""What the custom Op families of gpu_ops share: their float dtype, the cache salt of their Numba code, and
-registering a Numba implementation.
+"""What the custom Op families of gpu_ops share: their float dtype, the Numba decorator of their kernels, the
+cache salt of their Numba code, and registering a Numba implementation.
 
-The Numba kernels use no Numba disk cache (cache=True): Numba's cache entries name the importing module, a
-checkout's modules can be imported under two names (top level and as the package gru4rec), and a process
-that imported them the other way then fails to load the entry. PyTensor caches the compiled graphs that
-call them, under keys salted with the module's code and name for the same reason (source_salt).
+The Numba kernels use no Numba disk cache (cache=True); PyTensor caches the compiled graphs that call them,
+under keys salted with the module's code and name (source_salt). The kernels are compiled from copies that
+keep no module name in the cache entries (njit).
 """
 import hashlib
 import sys
@@ -54,6 +53,33 @@ def source_salt(module_name):
             h.update(name.encode())
             add(obj)
     return int(h.hexdigest()[:12], 16)
+
+
+def njit(*, pytensor=False, **options):
+    """The decorator of the Numba kernels: numba.njit(**options) (pytensor=True: PyTensor's numba_njit, which
+    adds PyTensor's fastmath default and leaves out the Python-callable wrapper) of a copy of the function
+    whose globals are its module's without __name__.
+
+    Numba stores, with every cached function, the Environment of each function compiled into it, pickled
+    by the name of that function's module (its globals' __name__), and imports that module by that name
+    when it loads the entry: an entry compiled by a checkout (_row_update) failed to load in an installed
+    copy (gru4rec._row_update), and the reverse. A function whose globals have no __name__ (like the code
+    PyTensor generates from strings) has no stored Environment. Compiled code needs its Environment only
+    to work with Python objects (object mode, print, exception messages built at run time), which the
+    kernels do not do; one that did would fail with Numba's "missing Environment" error after a load, not
+    compute anything else. The globals are a copy taken when the kernel is made (Numba freezes global
+    values at compile time anyway)."""
+    def decorate(fn):
+        detached = types.FunctionType(fn.__code__, {k: v for k, v in fn.__globals__.items() if k != '__name__'},
+                                      fn.__name__, fn.__defaults__, fn.__closure__)
+        detached.__qualname__, detached.__doc__ = fn.__qualname__, fn.__doc__
+        detached.__kwdefaults__ = fn.__kwdefaults__
+        if pytensor:
+            from pytensor.link.numba.dispatch.basic import numba_njit
+            return numba_njit(detached, **options)
+        import numba
+        return numba.njit(**options)(detached)
+    return decorate
 
 
 def register_numba(op_class, funcify):
