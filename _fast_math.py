@@ -66,11 +66,10 @@ def numba_exp32_inline():
     """exp32 as a scalar Numba function, inlined into its callers' Numba IR (sigmoid32 calls it; an LLVM-level
     call per element would not vectorise). Callers must be fastmath=False like the scalar functions below:
     reassociation would undo the two-part ln 2 of the reduction, and no-NaN flags the NaN tests."""
-    import numba
     c0, c1, c2, c3, c4, c5 = _EXP_POLY
     f0, f1, f2, inf = _F(0), _F(1), _F(2), _F(np.inf)
 
-    @numba.njit(inline='always', fastmath=False)
+    @_ops_support.njit(inline='always', fastmath=False)
     def exp32_inline(x):
         big = x > _EXP_BIG
         xc = _EXP_FLOOR if x < _EXP_FLOOR else x
@@ -91,10 +90,9 @@ def numba_exp32_inline():
 def _numba_exp32():
     """The scalar function of Exp32 (PyTensor's fused loops call it and LLVM vectorises them; its own
     fastmath=False flags stay with its instructions when LLVM inlines it)."""
-    import numba
     exp32_inline = numba_exp32_inline()
 
-    @numba.njit(nogil=True, fastmath=False)
+    @_ops_support.njit(nogil=True, fastmath=False)
     def exp32_scalar(x):
         return exp32_inline(x)
     return exp32_scalar
@@ -102,10 +100,9 @@ def _numba_exp32():
 
 @functools.cache
 def _numba_sigmoid32():
-    import numba
     exp32_inline = numba_exp32_inline()
 
-    @numba.njit(nogil=True, fastmath=False, error_model='numpy')   # (no per-element zero check)
+    @_ops_support.njit(nogil=True, fastmath=False, error_model='numpy')   # (no per-element zero check)
     def sigmoid32_scalar(x):
         return _F(1) / (_F(1) + exp32_inline(-x))
     return sigmoid32_scalar
@@ -163,14 +160,13 @@ class RowMax(Op):
 
 @functools.cache
 def _numba_row_max_kernel():
-    import numba
     ninf = _F(-np.inf)
 
-    @numba.njit(inline='always')
+    @_ops_support.njit(inline='always')
     def mx(a, v):   # NaN compares false: it never wins here (looked for separately below)
         return v if v > a else a
 
-    @numba.njit(nogil=True, fastmath=False)
+    @_ops_support.njit(nogil=True, fastmath=False)
     def row_max(x):
         rows, n = x.shape
         if n == 0 and rows > 0:

@@ -147,10 +147,9 @@ def sample_items(n, cdf, seed, step):
 @functools.cache
 def _numba_lowbias32():
     """_lowbias32 on one uint64 holding a 32-bit value (Numba)."""
-    import numba
     M = np.uint64(0xFFFFFFFF)
 
-    @numba.njit(nogil=True)
+    @_ops_support.njit(nogil=True)
     def lowbias32(x):
         x ^= x >> np.uint64(16)
         x = (x * np.uint64(0x7feb352d)) & M
@@ -164,9 +163,8 @@ def _numba_lowbias32():
 def _numba_bucket_search():
     """search(cdf, guide, u) -> guided_search for one u (Numba): a binary search within the range of u's
     bucket, compared in the dtypes of cdf and u. Shared by SampleItems' kernel and the host store."""
-    import numba
 
-    @numba.njit(nogil=True)
+    @_ops_support.njit(nogil=True)
     def search(cdf, guide, u):
         k = int(np.float64(u) * np.float64(len(guide) - 1))     # exact (cdf_guide)
         lo, hi = guide[k], guide[k + 1]
@@ -184,10 +182,9 @@ def _numba_bucket_search():
 def numba_guided_search():
     """search(cdf, guide, u) -> int32 searchsorted(cdf, u) (at most the last index) for every u of a vector
     in [0, 1), by the guide of cdf_guide (Numba, compiled on first use)."""
-    import numba
     search_one = _numba_bucket_search()
 
-    @numba.njit(nogil=True)
+    @_ops_support.njit(nogil=True)
     def search(cdf, guide, u):
         out = np.empty(len(u), dtype=np.int32)
         for j in range(len(u)):
@@ -200,11 +197,10 @@ def numba_guided_search():
 def _numba_sample_kernel():
     """sample_from_guide as a Numba loop: the same hash in uint64 arithmetic masked to 32 bits, then the
     search within the uniform's bucket."""
-    import numba
     M = np.uint64(0xFFFFFFFF)
     lowbias32, search_one = _numba_lowbias32(), _numba_bucket_search()
 
-    @numba.njit(nogil=True)
+    @_ops_support.njit(nogil=True)
     def kernel(cdf, guide, seed, step, n):
         key = lowbias32((np.uint64(step) * np.uint64(0x9e3779b9) + np.uint64(seed)) & M)
         out = np.empty(n, dtype=np.int32)
@@ -216,10 +212,9 @@ def _numba_sample_kernel():
 
 
 def numba_sample_items(op, node=None, **kwargs):
-    from pytensor.link.numba.dispatch.basic import numba_njit
     kernel, n = _numba_sample_kernel(), op.n
 
-    @numba_njit
+    @_ops_support.njit(pytensor=True)
     def sample_items_(cdf, guide, seed, step):
         return kernel(cdf, guide, seed.item(), step.item(), n)   # PyTensor passes scalars as 0-d arrays
     return sample_items_, _ops_support.source_salt(__name__)
@@ -269,11 +264,10 @@ class HashUniforms(_HashDraw):
 @functools.cache
 def _numba_uniform_kernel():
     """hash_uniform_rows as a Numba loop (uint64 arithmetic masked to 32 bits, as _numba_sample_kernel)."""
-    import numba
     M = np.uint64(0xFFFFFFFF)
     lowbias32 = _numba_lowbias32()
 
-    @numba.njit(nogil=True)
+    @_ops_support.njit(nogil=True)
     def kernel(seed, step, stream, slots, width):
         key = lowbias32((np.uint64(step) * np.uint64(0x9e3779b9) + np.uint64(seed)) & M)
         key = lowbias32(key ^ ((np.uint64(stream) * np.uint64(0x85ebca6b)) & M))
@@ -288,10 +282,9 @@ def _numba_uniform_kernel():
 
 
 def numba_hash_uniforms(op, node=None, **kwargs):
-    from pytensor.link.numba.dispatch.basic import numba_njit
     kernel, width, stream = _numba_uniform_kernel(), op.width, op.stream
 
-    @numba_njit
+    @_ops_support.njit(pytensor=True)
     def hash_uniforms_(seed, step, slots):
         return kernel(seed.item(), step.item(), stream, slots, width)
     return hash_uniforms_, _ops_support.source_salt(__name__)

@@ -1,10 +1,16 @@
-"""What the custom Op families of gpu_ops share: their float dtype, the cache salt of their Numba code, and
-registering a Numba implementation.
+"""What the custom Op families of gpu_ops share: their float dtype, the Numba decorator of their kernels, and
+registering a Numba implementation with its disk-cache key.
 
-The Numba kernels use no Numba disk cache (cache=True): Numba's cache entries name the importing module, a
-checkout's modules can be imported under two names (top level and as the package gru4rec), and a process
-that imported them the other way then fails to load the entry. PyTensor caches the compiled graphs that
-call them, under keys salted with the module's code and name for the same reason (source_salt).
+PyTensor caches the compiled Numba code of a graph on disk (base_compiledir/numba). A checkout's modules are
+imported top level (_row_update) and an installed copy's as the package (gru4rec._row_update); the same code
+must give the same cache entries either way, so that what one kind of process compiled the other loads:
+
+* the key of a custom Op's code (register_numba) names the Op by its module's package-relative name and its
+  class, and is salted with the module's code as imported (source_salt), not with its import name;
+* Numba pickles, with every cached function, the Environment (globals) of each function compiled into it,
+  by the name of that function's module, and imports that module to load the entry. The kernels are
+  therefore compiled from copies of their functions whose globals name no module (njit), as the code
+  PyTensor generates from strings is: nothing in a cache entry then refers to the module by name.
 """
 import hashlib
 import sys
@@ -13,16 +19,22 @@ import types
 FLOAT = 'float32'
 
 
+def package_relative(module_name):
+    """The module's name without the package it was imported in: _row_update for gru4rec._row_update."""
+    return module_name.rpartition('.')[2]
+
+
 def source_salt(module_name):
     """An integer that changes whenever the code of the imported module `module_name` changes. PyTensor caches
-    compiled Numba code on disk under a key made of the Op class and its props only; the salt keeps a cached
-    kernel from outliving its code. It is computed from the code as imported (the bytecode, names and
-    constants of the module's functions and methods, and its plain constants), not from the file, which
-    may have been edited since: a long-running process that still runs the old code must not store it under
-    the new code's key (that once poisoned the cache for every later run). It also differs by the name the
-    module was imported under: the cached code refers to the module by name, and a process that imported it
-    the other way (top level vs package) could not load it."""
-    h = hashlib.sha256(module_name.encode())
+    compiled Numba code on disk under a key of the Op and its props only; the salt keeps a cached kernel from
+    outliving its code. It is computed from the code as imported (the bytecode, names and constants of the
+    module's functions and methods, and its plain constants), not from the file, which may have been edited
+    since: a long-running process that still runs the old code must not store it under the new code's key
+    (that once poisoned the cache for every later run). It depends on the module's package-relative name but
+    not on the package (top level or gru4rec.): the same code gives the same salt whichever way it was
+    imported, so a checkout and an installed copy share their cache entries (njit keeps the entries free of
+    the import name)."""
+    h = hashlib.sha256(package_relative(module_name).encode())
 
     def add_const(c):   # code objects by content; sets in a fixed order (their repr follows string hashing)
         if isinstance(c, types.CodeType):
@@ -44,8 +56,9 @@ def source_salt(module_name):
             add(obj.fget)
         elif isinstance(obj, type):
             for name, member in sorted(vars(obj).items()):
-                h.update(name.encode())
-                add(member)
+                if name != '__module__':              # the import name (the class's code is hashed)
+                    h.update(name.encode())
+                    add(member)
         elif isinstance(obj, (int, float, str, bytes, tuple, frozenset)):
             add_const(obj)
 
@@ -56,11 +69,51 @@ def source_salt(module_name):
     return int(h.hexdigest()[:12], 16)
 
 
+def njit(*, pytensor=False, **options):
+    """The decorator of the Numba kernels: numba.njit(**options) (pytensor=True: PyTensor's numba_njit, which
+    adds PyTensor's fastmath default and leaves out the Python-callable wrapper) of a copy of the function
+    whose globals are its module's without __name__.
+
+    Numba stores, with every cached function, the Environment of each function compiled into it, pickled
+    by the name of that function's module (its globals' __name__), and imports that module by that name
+    when it loads the entry: an entry compiled by a checkout (_row_update) failed to load in an installed
+    copy (gru4rec._row_update), and the reverse. A function whose globals have no __name__ (like the code
+    PyTensor generates from strings) has no stored Environment. Compiled code needs its Environment only
+    to work with Python objects (object mode, print, exception messages built at run time), which the
+    kernels do not do; one that did would fail with Numba's "missing Environment" error after a load, not
+    compute anything else. The globals are a copy taken when the kernel is made (Numba freezes global
+    values at compile time anyway)."""
+    def decorate(fn):
+        detached = types.FunctionType(fn.__code__, {k: v for k, v in fn.__globals__.items() if k != '__name__'},
+                                      fn.__name__, fn.__defaults__, fn.__closure__)
+        detached.__qualname__, detached.__doc__ = fn.__qualname__, fn.__doc__
+        detached.__kwdefaults__ = fn.__kwdefaults__
+        if pytensor:
+            from pytensor.link.numba.dispatch.basic import numba_njit
+            return numba_njit(detached, **options)
+        import numba
+        return numba.njit(**options)(detached)
+    return decorate
+
+
+def cache_key(op, salt):
+    """PyTensor's disk-cache key of op's Numba code: its class by package-relative module name and qualified
+    name (PyTensor's default key uses str(type(op)), which names the package), its props, and the salt of
+    its module's code (source_salt)."""
+    cls = type(op)
+    text = repr((package_relative(cls.__module__), cls.__qualname__, tuple(op._props_dict().items()), salt))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def register_numba(op_class, funcify):
-    """Make funcify(op, node) -> (Numba function, cache-key salt) op_class's Numba implementation; without
-    Numba, nothing (the Op's perform or plain graph runs instead)."""
+    """Make funcify(op, node) -> (Numba function, source_salt of its module) op_class's Numba implementation,
+    cached on disk under cache_key; without Numba, nothing (the Op's perform or plain graph runs instead)."""
     try:
-        from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
+        from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
     except ImportError:
         return
-    register_funcify_default_op_cache_key(op_class)(funcify)
+
+    def funcify_and_key(op, node=None, **kwargs):
+        fn, salt = funcify(op, node=node, **kwargs)
+        return fn, cache_key(op, salt)
+    register_funcify_and_cache_key(op_class)(funcify_and_key)

@@ -346,7 +346,6 @@ def _numba_kernel(adapt, eps, momentum, l2):
     states are 1 x d placeholders, the hyper-parameters float32 scalars. One long function on purpose: the
     method's branches are compile-time constants of one loop over the rows, which Numba compiles (and LLVM
     vectorises) as a whole."""
-    from pytensor.link.numba.dispatch.basic import numba_njit
     f = np.float32
     eps, one = f(eps), f(1)
     ADAGRAD, RMSPROP, ADADELTA, ADAM, LEGACY = (adapt == a for a in ADAPTS[1:])
@@ -357,7 +356,7 @@ def _numba_kernel(adapt, eps, momentum, l2):
     prefetch, ahead = _numba_prefetch(), PREFETCH_AHEAD
     line = 64 // np.dtype(FLOAT).itemsize
 
-    @numba_njit(boundscheck=False, error_model='numpy')
+    @_ops_support.njit(pytensor=True, boundscheck=False, error_model='numpy')
     def kernel(p, s0, s1, s2, vel, idx, g, lr, mu, lmbd, rho, b1):
         K, N, d = idx.shape[0], p.shape[0], p.shape[1]
         # chain the occurrences of each row: nxt[j] = next occurrence of idx[j] (-1: none), head[j] = first
@@ -550,7 +549,7 @@ def numba_sparse_row_update(op, node=None, **kwargs):
     if len(names) == 1:  # a one-output Op returns the array itself
         single = numba_njit(fn)
 
-        @numba_njit
+        @_ops_support.njit(pytensor=True)
         def one_output(p, idx, g, lr, mu, lmbd, rho, b1):
             return single(p, idx, g, lr, mu, lmbd, rho, b1)[0]
         return one_output, _ops_support.source_salt(__name__)

@@ -15,7 +15,8 @@ _hash_draws.py -- SampleItems: negative samples drawn inside the compiled step f
 _fast_math.py -- Exp32, Sigmoid32 (scalar Ops; exp_f32, sigmoid_f32 are their instances) and RowMax:
     float32 exp, sigmoid and row max that the Numba backend can vectorise; exp32 and sigmoid32 are their
     numpy references.
-_ops_support.py -- what the families share: the float dtype, the cache salt of their Numba code.
+_ops_support.py -- what the families share: the float dtype, the decorator of their Numba kernels and their
+    disk-cache keys (the same for the checkout and the installed package).
 """
 import functools
 

@@ -73,3 +73,93 @@ def test_continuous_values_share_the_structure_and_zero_does_not(name, a, b, zer
     assert structure(a) == structure(b)
     if zero is not None:
         assert structure(zero) != structure(a)
+
+
+# A process that imports the checkout top level (as `python run.py` or a script in the checkout folder does), or
+# the package gru4rec (an installed copy; here a folder on sys.path with a link named gru4rec to the checkout).
+CHILD = r'''
+import json, sys
+mode, where, data_file = sys.argv[1:]
+sys.path.insert(0, where)
+import pandas as pd
+from gru4rec import GRU4Rec
+assert GRU4Rec.__module__ == {'top': 'gru4rec', 'package': 'gru4rec.gru4rec'}[mode], GRU4Rec.__module__
+assert ('_row_update' in sys.modules) == (mode == 'top')
+m = GRU4Rec(layers=[8], n_epochs=1, batch_size=8, n_sample=8, loss='cross-entropy', final_act='softmax',
+            dropout_p_hidden=0.2, logq=1.0, backend='numba', seed=3)
+m.fit(pd.read_csv(data_file), store_type='gpu', log_steps=True)   # in-graph draws and dropout: every custom Op
+print(json.dumps({'costs': m.step_costs_.tolist(), 'weights': {k: v.tolist() for k, v in m.get_weights().items()}}))
+'''
+
+
+def package_view(tmp_path):
+    """A folder holding a link named gru4rec to the checkout: on sys.path, the checkout is the package gru4rec."""
+    view = tmp_path / 'view'
+    view.mkdir()
+    os.symlink(REPO, view / 'gru4rec')
+    return view
+
+
+KEYS = r'''
+import json, sys
+mode, where = sys.argv[1:]
+sys.path.insert(0, where)
+if mode == 'top':
+    import gpu_ops
+else:
+    from gru4rec import gpu_ops
+import pytensor.scalar as ps
+from pytensor.link.numba.dispatch.basic import numba_funcify_and_cache_key
+ops = [(gpu_ops.SparseRowUpdate('adagrad', 1e-6, True, False), None), (gpu_ops.SampleItems(8, 3), None),
+       (gpu_ops.HashUniforms(4, 1), None), (gpu_ops.RowMax(), None)]
+ops += [(op, op.make_node(ps.float32())) for op in (gpu_ops.exp_f32, gpu_ops.sigmoid_f32)]
+print(json.dumps([numba_funcify_and_cache_key(op, node=node)[1] for op, node in ops]))
+'''
+
+
+def test_the_checkout_and_the_package_give_the_same_numba_cache_keys(tmp_path):
+    """PyTensor's disk-cache keys of the custom Ops' Numba code (with their code's salt) do not depend on the import
+    name."""
+    pytest.importorskip('numba')
+    view = package_view(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    keys = [subprocess.run([sys.executable, '-c', KEYS, mode, str(where)], capture_output=True, text=True,
+                           env=env, cwd=tmp_path, check=True).stdout.strip().splitlines()[-1]
+            for mode, where in (('top', REPO), ('package', view))]
+    assert keys[0] == keys[1]
+
+
+def numba_cache_files(cache):
+    folder = os.path.join(cache, 'numba')
+    return {f: (os.stat(os.path.join(folder, f)).st_size, os.stat(os.path.join(folder, f)).st_mtime_ns)
+            for f in os.listdir(folder)}
+
+
+@pytest.mark.slow
+def test_the_checkout_and_the_package_share_the_numba_cache(tmp_path):
+    """The same code gives the same disk-cache entries whether its modules were imported top level (_row_update)
+    or as the package (gru4rec._row_update): a process of one kind loads what the other compiled, and trains
+    the same numbers. Before, the custom Ops' keys named the import name, and so did the entries (Numba
+    pickles the kernels' Environments by module name), so a checkout and an installed copy each compiled
+    everything (~60 s cold)."""
+    pytest.importorskip('numba')
+    view = package_view(tmp_path)
+    data_file = tmp_path / 'clicks.csv'
+    clicks(n_sessions=40).to_csv(data_file, index=False)
+    cache = tmp_path / 'cache'
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTENSOR_FLAGS')}
+    env.update(PYTENSOR_FLAGS=f'base_compiledir={cache}', NUMBA_NUM_THREADS='1', OMP_NUM_THREADS='1',
+               OPENBLAS_NUM_THREADS='1')
+
+    def run(mode, where):
+        r = subprocess.run([sys.executable, '-c', CHILD, mode, str(where), str(data_file)], capture_output=True,
+                           text=True, env=env, cwd=tmp_path)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    top = run('top', REPO)
+    compiled = numba_cache_files(cache)
+    assert compiled                                   # the first process stored its Numba code
+    package = run('package', view)
+    assert numba_cache_files(cache) == compiled       # the second compiled (and stored) nothing
+    assert package == top
