@@ -115,10 +115,24 @@ def as_float32(x):
     return np.float32(x) if isinstance(x, (int, float, np.floating)) else x
 
 
-def dropout(x, p, u):
-    """Inverted dropout with uniform noise u (same shape as x)."""
-    keep = np.float32(1 - p)
-    return x * (u < keep).astype(FLOAT) / keep
+def dropout(x, keep, u):
+    """Inverted dropout with uniform noise u (same shape as x): keep = (1 - p, 1 / (1 - p)), float32 numbers or
+    scalars. (Multiplied by the reciprocal, as PyTensor rewrote the division by a constant.)"""
+    return x * (u < keep[0]).astype(FLOAT) * keep[1]
+
+
+def keeps(p, h=None):
+    """The (embedding, hidden) dropout keeps (see dropout): h's runtime scalars, or p's as float32 numbers;
+    (1, 1) where there is no dropout."""
+    if h is None:
+        k = np.float32(1 - p.dropout_p_embed), np.float32(1 - p.dropout_p_hidden)
+        return (k[0], np.float32(1) / k[0]), (k[1], np.float32(1) / k[1])
+    return (h['keep_embed'], h['inv_keep_embed']), (h['keep_hidden'], h['inv_keep_hidden'])
+
+
+def has_dropout(keep):
+    """False for the constant keep probability 1 (no dropout in the graph)."""
+    return not (isinstance(keep[0], (float, np.floating)) and keep[0] == 1)
 
 
 # --- weights ---------------------------------------------------------------------------------------
@@ -172,14 +186,16 @@ def weight_arrays(weights):
 
 # --- the model -------------------------------------------------------------------------------------
 
-def layers_forward(p, w, first_input, H, noise, drop_p_hidden, drop_p_embed, onehot_rows=None, h=None):
+def layers_forward(p, w, first_input, H, noise=None, keep=((1.0, 1.0), (1.0, 1.0)), onehot_rows=None, h=None):
     """GRU stack for one step. first_input: embedding rows (M x F) or, in one-hot mode, None with
-    onehot_rows = Wx0[X] (M x 3L_0). H: list of M x L_i states. h: the training step's runtime
-    hyper-parameters (_hyper.Hyper; None: the numbers of p). Returns the list of new states."""
+    onehot_rows = Wx0[X] (M x 3L_0). H: list of M x L_i states. keep: the (embedding, hidden) keep
+    probabilities of dropout (keeps(); 1.0: none). h: the training step's runtime hyper-parameters
+    (_hyper.Hyper; None: the numbers of p). Returns the list of new states."""
     out, x = [], first_input
+    keep_embed, keep_hidden = keep
     hidden_act = parse_activation(p.hidden_act, final=False, args=None if h is None else h.activation_args('hidden_act'))
-    if x is not None and drop_p_embed > 0:
-        x = dropout(x, drop_p_embed, noise.uniform(p.embedding_width))
+    if x is not None and has_dropout(keep_embed):
+        x = dropout(x, keep_embed, noise.uniform(p.embedding_width))
     for i, units in enumerate(p.layers):
         s = H[i]
         a = (onehot_rows if i == 0 and onehot_rows is not None else pt.dot(x, w[f'Wx{i}'])) + w[f'Bh{i}']
@@ -188,14 +204,14 @@ def layers_forward(p, w, first_input, H, noise, drop_p_hidden, drop_p_embed, one
         rec = r * s.dot(w[f'Wh{i}']) if p.reset_after else (r * s).dot(w[f'Wh{i}'])
         s_cand = hidden_act(rec + a[:, :units])
         s = (1 - z) * s + z * s_cand
-        if drop_p_hidden > 0:
-            s = dropout(s, drop_p_hidden, noise.uniform(units))
+        if has_dropout(keep_hidden):
+            s = dropout(s, keep_hidden, noise.uniform(units))
         out.append(s)
         x = s
     return out
 
 
-def training_step(p, w, noise, draws=None, logq=None, width=None, h=None):
+def training_step(p, w, noise, draws=None, logq=None, width=None, h=None, static=True):
     """Symbolic training step. Returns (inputs, cost, new_states, dense_params, sparse) where sparse is a
     list of (shared weight, index vector, gathered rows) whose gradient is taken w.r.t. the rows.
 
@@ -204,12 +220,14 @@ def training_step(p, w, noise, draws=None, logq=None, width=None, h=None):
     (targets', samples') log q vectors of the logQ correction (used if p.logq). width: None for a step of M
     active slots, or the static width B of a fixed-width step (see _training) with one more input A, 1.0
     for active slots; inactive slots point at the padding item row and neither add loss nor act as
-    negatives. (Static shapes: JAX needs them.) h: the runtime hyper-parameters (_hyper.Hyper); None: p's
-    numbers as constants."""
+    negatives. (Static shapes: JAX needs them.) static=False leaves the width B and the number of negatives
+    out of the types (Numba: one compiled step for every batch_size and n_sample). h: the runtime
+    hyper-parameters (_hyper.Hyper); None: p's numbers as constants."""
     masked = width is not None
+    static = masked and static
 
     def vector(name, dtype, extra=0):   # length M (any) or width + extra (static)
-        return pt.tensor(name, dtype=dtype, shape=(width + extra if masked else None,))
+        return pt.tensor(name, dtype=dtype, shape=(width + extra if static else None,))
     X = vector('X', 'int32')                          # M input items
     if draws is not None:   # M targets; negatives and dropout noise of step S are drawn in the graph
         T, S = vector('Y', 'int32'), pt.scalar('S', dtype='uint32')
@@ -223,12 +241,12 @@ def training_step(p, w, noise, draws=None, logq=None, width=None, h=None):
         sample_inputs = [Y]
     R = vector('R', FLOAT)                            # 1.0 where the target ends its session
     A = vector('A', FLOAT) if masked else None        # 1.0 for active slots (fixed-width steps only)
-    H = [pt.tensor(f'H{i}', dtype=FLOAT, shape=(width, u)) for i, u in enumerate(p.layers)]
-    M = X.shape[0] if width is None else width
+    H = [pt.tensor(f'H{i}', dtype=FLOAT, shape=(width if static else None, u)) for i, u in enumerate(p.layers)]
+    M = width if static else X.shape[0]
     dense, sparse, emb, onehot_rows, Wy_rows = item_rows(p, w, X, Y, M)
     By_rows = w['By'][Y]                               # K x 1
     sparse.append((w['By'], Y, By_rows))
-    new_H = layers_forward(p, w, emb, H, noise, p.dropout_p_hidden, p.dropout_p_embed, onehot_rows, h)
+    new_H = layers_forward(p, w, emb, H, noise, keeps(p, h), onehot_rows, h)
     scores = pt.dot(new_H[-1], Wy_rows.T) + By_rows.T  # M x K
     if p.logq:
         # log q: raw support of the in-batch targets, support ** sample_alpha of the sampled negatives
@@ -236,7 +254,7 @@ def training_step(p, w, noise, draws=None, logq=None, width=None, h=None):
                                                                                            logq[1][Y[M:]]])
     col_mask = None
     if masked:
-        col_mask = pt.concatenate([A, np.ones(p.n_sample, dtype=FLOAT)])
+        col_mask = pt.concatenate([A, np.ones(p.n_sample, dtype=FLOAT) if static else pt.ones((Y.shape[0] - M,), dtype=FLOAT)])
         if p.final_act in ('softmax', 'softmax_logit'):   # masked columns out of the normaliser
             scores = pt.switch(col_mask[None, :] > 0, scores, np.float32(-1e30))
     if h is None:
@@ -245,7 +263,7 @@ def training_step(p, w, noise, draws=None, logq=None, width=None, h=None):
     else:
         yhat = parse_activation(p.final_act, final=True, args=h.activation_args('final_act'))(scores)
         smoothing = h['smoothing'] if p.smoothing else 0.0
-        cost = loss_sum(p.loss, yhat, smoothing, h['bpreg'], A, col_mask) / np.float32(p.batch_size)
+        cost = loss_sum(p.loss, yhat, smoothing, h['bpreg'], A, col_mask) * h['inv_batch']
     reset_H = [h * (1 - R)[:, None] for h in new_H]
     return [X] + sample_inputs + [R] + ([A] if masked else []) + noise.inputs + H, cost, reset_H, dense, sparse
 
@@ -277,11 +295,11 @@ def prediction_step(p, w, X, H, C=None):
     """Prediction-mode step (no dropout, no reset, no logQ). Returns (activated scores, new states).
     Scores are M x N over all items, or M x len(C) over the item indices C; softmax_logit gives softmax."""
     if p.embedding_mode == 'shared':
-        new_H = layers_forward(p, w, w['Wy'][X], H, None, 0, 0)
+        new_H = layers_forward(p, w, w['Wy'][X], H)
     elif p.embedding_mode == 'separate':
-        new_H = layers_forward(p, w, w['E'][X], H, None, 0, 0)
+        new_H = layers_forward(p, w, w['E'][X], H)
     else:
-        new_H = layers_forward(p, w, None, H, None, 0, 0, onehot_rows=w['Wx0'][X])
+        new_H = layers_forward(p, w, None, H, onehot_rows=w['Wx0'][X])
     Wy, By = (w['Wy'], w['By']) if C is None else (w['Wy'][C], w['By'][C])
     scores = pt.dot(new_H[-1], Wy.T) + By.T
     act = softmax if p.final_act == 'softmax_logit' else parse_activation(p.final_act, final=True)

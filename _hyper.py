@@ -11,11 +11,15 @@ values of 1 only multiply, which is exact either way.) The numbers are today's: 
 where numpy folded constants together (the dense decay 1 - lr * lmbd) the folded value is computed here in the
 same float32 arithmetic.
 
-Still constants, and so part of the structure: the batch size (the cost is divided by it), the dropout
-probabilities and selu's two parameters. PyTensor's canonicalizer folds these constants into others, in the
-cost and in its gradient (x / c becomes (1 / c) * x; l * a for selu), and with runtime scalars the float32
-results differed in the last bit after 15-50 steps (checked step by step on the python backend); fidelity
-comes first.
+The dropout keep probabilities (1 - p; a keep of 1, no dropout, is structure) and the batch size are runtime
+scalars too, written as PyTensor had rewritten their constants (x / c became x * (1 / c), so the graph
+multiplies by the float32 reciprocal, which is computed here). With the width of the minibatch and the number
+of negatives free in the graph (dynamic shapes: Numba or python with host-drawn negatives, see
+_training.static_shapes), a new batch_size or n_sample is not a new graph either.
+
+selu's two parameters stay constants (structure): the canonicalizer folds them into the gradient (l * a, and
+the switch it pushes the product into), and as runtime scalars the step costs drifted from the old ones by
+2.6e-5 relative within 64 steps, beyond the 1e-5 that issue 19 allows.
 """
 from collections import OrderedDict
 
@@ -38,7 +42,9 @@ def values(p):
     v = OrderedDict(lr=lr, mu=F(p.momentum), lmbd=lmbd, decay=F(1) - lr * lmbd,
                     rho=F(a[1] if adam else (a[0] if p.adapt in ('rmsprop', 'adadelta') else 0.0)),
                     b1=F(a[0] if adam else 0.0), bpreg=F(p.bpreg), logq=F(p.logq), smoothing=F(p.smoothing),
-                    grad_cap=F(p.grad_cap))
+                    grad_cap=F(p.grad_cap), keep_embed=F(1 - p.dropout_p_embed), keep_hidden=F(1 - p.dropout_p_hidden),
+                    inv_batch=F(1) / F(p.batch_size))
+    v['inv_keep_embed'], v['inv_keep_hidden'] = F(1) / v['keep_embed'], F(1) / v['keep_hidden']
     for name, act, final in (('hidden_act', p.hidden_act, False), ('final_act', p.final_act, True)):
         kind, args = _params.activation_spec(act, final)
         if kind in RUNTIME_ACTIVATIONS:
@@ -50,13 +56,15 @@ RUNTIME_ACTIVATIONS = ('elu', 'leaky')   # whose parameter is a runtime scalar (
 
 
 def structure(p):
-    """The parameters with every runtime hyper-parameter replaced by whether it is zero: equal for two
-    parameter sets exactly when their training graphs are the same."""
+    """The parameters with every runtime hyper-parameter replaced by whether it is zero (a keep probability: one),
+    and n_sample by whether it is positive: equal for two parameter sets exactly when their training graphs with
+    dynamic shapes are the same (with static shapes, the width and n_sample are part of the key too)."""
     d = p.as_dict()
     for k in ('learning_rate', 'momentum', 'lmbd', 'adapt_params', 'bpreg', 'logq', 'smoothing', 'grad_cap',
               'n_epochs', 'seed', 'sample_alpha', 'sigma', 'init_as_normal', 'train_random_order', 'time_sort',
-              'rng', 'session_key', 'item_key', 'time_key'):
+              'rng', 'session_key', 'item_key', 'time_key', 'dropout_p_embed', 'dropout_p_hidden', 'batch_size'):
         d.pop(k)
+    d['n_sample'] = d['n_sample'] > 0   # the number itself is a static shape only where _training says so
     for k, final in (('hidden_act', False), ('final_act', True)):
         if (kind := _params.activation_spec(d[k], final)[0]) in RUNTIME_ACTIVATIONS:
             d[k] = kind
@@ -65,8 +73,9 @@ def structure(p):
 
 
 def constant_value(name, x):
-    """The value the graph keeps as a constant (0; 1 for an activation parameter), else None (a runtime scalar)."""
-    return float(x) if x == 0 or (x == 1 and name.endswith('_act_a')) else None
+    """The value the graph keeps as a constant (0; 1 for an activation's a and a keep probability), else None (a
+    runtime scalar)."""
+    return float(x) if x == 0 or (x == 1 and name.endswith(('_act_a', 'keep_embed', 'keep_hidden'))) else None
 
 
 class Hyper:

@@ -148,13 +148,16 @@ class NoiseInputs:
     hash_with(seed, step), drawn inside the graph by gpu_ops.HashUniforms per session slot (store_type='gpu':
     nothing to generate or send per step). step_values() gives the loop's values for `inputs`."""
 
-    def __init__(self, rows=None):
-        self.inputs, self.widths, self.rows = [], [], rows   # rows: static M (fixed-width steps) or None
+    def __init__(self, rows=None, static=True):
+        self.inputs, self.widths, self.rows = [], [], rows   # rows: M of fixed-width steps, or None
+        self.static = static and rows is not None           # rows in the inputs' type (else any)
         self.hashed = None
 
     def hash_with(self, seed, step):
         """Draw in the graph from (seed, step): fixed-width steps hash slot = row; per-step graphs take the
         active slots' ids as an input, so both give a slot the same noise."""
+        if self.rows is not None and not self.static:
+            raise ValueError('in-graph noise of fixed-width steps needs their static width')
         slots = (pt.tensor('slots', dtype='int32', shape=(None,)) if self.rows is None
                  else pt.as_tensor_variable(np.arange(self.rows, dtype=np.int32)))
         self.hashed = (seed, step, slots)
@@ -166,18 +169,19 @@ class NoiseInputs:
             if self.rows is None and not self.inputs:
                 self.inputs.append(slots)
             return gpu_ops.HashUniforms(width, len(self.widths))(seed, step, slots)
-        self.inputs.append(pt.tensor(f'U{len(self.inputs)}', dtype=_graph.FLOAT, shape=(self.rows, None)))
+        self.inputs.append(pt.tensor(f'U{len(self.inputs)}', dtype=_graph.FLOAT, shape=(self.rows if self.static else None, None)))
         return self.inputs[-1]
 
-    def step_values(self, rng, active):
-        """Values of `inputs` for one step whose active slots are `active` (ascending slot ids)."""
+    def step_values(self, rng, active, width=None):
+        """Values of `inputs` for one step whose active slots are `active` (ascending slot ids); width: the
+        number of rows of a fixed-width step (the compiled step may serve other widths: dynamic shapes)."""
         if self.hashed is not None:
             return [active.astype(np.int32)] if self.inputs else []
-        if self.rows is None or len(active) == self.rows:   # the active rows as they come
+        if width is None or len(active) == width:   # the active rows as they come
             return [rng.random((len(active), w), dtype=np.float32) for w in self.widths]
         values = []
         for w in self.widths:   # fixed width: the same draws, in the active slots' rows
-            u = np.zeros((self.rows, w), dtype=_graph.FLOAT)
+            u = np.zeros((width, w), dtype=_graph.FLOAT)
             u[active] = rng.random((len(active), w), dtype=np.float32)
             values.append(u)
         return values

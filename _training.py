@@ -138,12 +138,12 @@ def logq_arrays(p, item_support):
 StepGraph = namedtuple('StepGraph', 'inputs cost new_H updates noise opt_states item_vars hyper')
 
 
-def step_graph(p, weights, logq, draws=None, width=None, sink=None):
+def step_graph(p, weights, logq, draws=None, width=None, sink=None, static=True):
     """The symbolic training step (_graph.training_step) with its updates (_optim.updates), the noise inputs
     it reads, its optimiser states (Adagrad accumulators, velocities, ...), its item-indexed variables and its
-    runtime hyper-parameters (_hyper.Hyper)."""
-    noise, hyper = _sampling.NoiseInputs(width), _hyper.Hyper(p)
-    inputs, cost, new_H, dense, sparse = _graph.training_step(p, weights, noise, draws, logq, width, hyper)
+    runtime hyper-parameters (_hyper.Hyper). static: the width of fixed-width steps and n_sample in the types."""
+    noise, hyper = _sampling.NoiseInputs(width, static), _hyper.Hyper(p)
+    inputs, cost, new_H, dense, sparse = _graph.training_step(p, weights, noise, draws, logq, width, hyper, static)
     updates, item_vars = _optim.updates(p, cost, dense, sparse, sink=sink, h=hyper)
     trained = set(weights.values())
     return StepGraph(inputs, cost, new_H, updates, noise, [v for v in updates if v not in trained], item_vars,
@@ -158,14 +158,15 @@ def compile_per_step(p, weights, logq, mode, draws=None):
     return fn, g
 
 
-def compile_chunked(p, weights, logq, mode, draws, width, sink, static_k):
+def compile_chunked(p, weights, logq, mode, draws, width, sink, static_k, static_width):
     """Training K minibatches per call: a scan over fixed-width masked steps (_graph.training_step with a
     width). Returns (compiled, StepGraph); compiled(K) is the function for K steps, with inputs the per-step
     sequences of the step inputs (X, Y, [S,] R, A: K x B, or K x (B + n_sample) for Y with host negatives;
     host noise K x B x width) and the initial states H (B x L_i), and outputs the K costs and the final
     states. Numba compiles one function for any K; JAX (static_k: static shapes) one per K: the full chunk
-    and the shorter last chunk of an epoch. mode: a function returning the compile mode."""
-    g = step_graph(p, weights, logq, draws, width, sink)
+    and the shorter last chunk of an epoch. static_width: B and n_sample in the types (else one function
+    serves every width and number of negatives). mode: a function returning the compile mode."""
+    g = step_graph(p, weights, logq, draws, width, sink, static_width)
     n_seq = len(g.inputs) - len(p.layers)
     targets = list(g.updates)
 
@@ -234,11 +235,19 @@ def mode_key(mode):
     return (type(mode.linker), frozenset(q.include), frozenset(q.exclude), frozenset(q.require))
 
 
+def static_shapes(options):
+    """Whether the training step has the minibatch width and n_sample in its types: on JAX (XLA compiles static
+    shapes) and with negatives and noise drawn in the graph (SampleItems and HashUniforms have fixed sizes).
+    Elsewhere (Numba, or the python backend, with the host store) one compiled step serves every batch_size
+    and n_sample."""
+    return options.backend == 'jax' or options.store_type == 'gpu'
+
+
 def acquire_step(p, options, mode, arrays, logq_arrays, draws, width, n_items):
     """A CompiledStep for p, loaded with these initial values: a free one of the same structure, or a new one."""
-    chunked = options.chunk > 0
-    key = (_hyper.structure(p), mode_key(mode()), options.store_type, chunked,
-           (width, n_items if p.merge_repeated else None, options.backend == 'jax') if chunked else None)
+    chunked, static = options.chunk > 0, static_shapes(options)
+    key = (_hyper.structure(p), mode_key(mode()), options.store_type, chunked, static and p.n_sample,
+           (static and width, n_items if p.merge_repeated else None, options.backend == 'jax') if chunked else None)
     free = _free_steps.get(key)
     if free:
         step = free.pop()
@@ -248,7 +257,8 @@ def acquire_step(p, options, mode, arrays, logq_arrays, draws, width, n_items):
     logq = tuple(pytensor.shared(v, name=n) for v, n in zip(logq_arrays, ('logq_target', 'logq_sample')))
     print('Compiling the training step', flush=True)   # the pause of the first epoch (Numba: up to ~30 s cold)
     if chunked:
-        fn, g = compile_chunked(p, weights, logq, mode, draws, width, n_items, static_k=options.backend == 'jax')
+        fn, g = compile_chunked(p, weights, logq, mode, draws, width, n_items, static_k=options.backend == 'jax',
+                                static_width=static)
     else:
         fn, g = compile_per_step(p, weights, logq, mode, draws)
     _compiles[0] += 1
@@ -355,7 +365,7 @@ class TrainingRun:
         def step_inputs():   # (the step's inputs, its number of active slots)
             for active, x, t, r, a in _batches.fixed_width_steps(batches, self.width, self.n_items):
                 y = (t,) if self.sampler is None else self.sampler.inputs(t)
-                yield (x, *y, r, a, *self.noise.step_values(self.noise_rng, active)), len(active)
+                yield (x, *y, r, a, *self.noise.step_values(self.noise_rng, active, self.width)), len(active)
 
         def calls():
             nonlocal H

@@ -11,7 +11,8 @@ PyTensor's Numba cache):
 * cold: an empty cache folder (a first run after installing);
 * warm: the same configuration again in a new process on the cache the cold run left;
 * new learning rate: learning_rate 0.2 -> 0.1 in a new process on that cache (before issue 19 every new value
-  was a new graph, compiled from scratch);
+  was a new graph, compiled from scratch); the same for batch_size 32 -> 48 and dropout_p_hidden 0.4 -> 0.3
+  (on JAX a new batch size is a new static shape: XLA compiles again, and this row times it);
 * 10 trials: ten fits in one process with other learning rates, momenta and logQ strengths (what a paropt
   study whose trials share the structure runs), on that cache; their sum, the first, and the number of
   compiles the process made (_training.compile_count);
@@ -103,6 +104,11 @@ def main():
         rows.append(('warm (same configuration, new process)', numbers['warm']))
         numbers['new_lr'] = measure(HERE, cache, train, args.events, args.backend, [dict(learning_rate=0.1)])['seconds'][0]
         rows.append(('learning_rate 0.2 -> 0.1 (new process, warm cache)', numbers['new_lr']))
+        for name, value in (('batch_size', 48), ('dropout_p_hidden', 0.3)):
+            key = f'new_{name}'
+            numbers[key] = measure(HERE, cache, train, args.events, args.backend,
+                                   [dict(learning_rate=0.2, **{name: value})])['seconds'][0]
+            rows.append((f'{name} -> {value} (new process, warm cache)', numbers[key]))
         trials = measure(HERE, cache, train, args.events, args.backend, TRIALS)
         numbers['trials'] = trials
         rows.append(('10 trials in one process: all fits', sum(trials['seconds'])))

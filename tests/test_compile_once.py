@@ -26,8 +26,8 @@ def clicks(n_sessions=60, n_items=30, seed=0):
     return pd.DataFrame(rows, columns=['SessionId', 'ItemId', 'Time'])
 
 
-def fit(**kw):
-    return GRU4Rec(**dict(BASE, **kw)).fit(clicks(), log_steps=True)
+def fit(chunk=None, **kw):
+    return GRU4Rec(**dict(BASE, **kw)).fit(clicks(), log_steps=True, chunk=chunk)
 
 
 def fresh_process_costs(**kw):
@@ -52,6 +52,18 @@ def test_new_continuous_values_reuse_the_compiled_step_and_give_a_fresh_process_
     assert not np.array_equal(second.step_costs_, first.step_costs_)
 
 
+@pytest.mark.parametrize('chunk', [0, 4])
+def test_batch_size_n_sample_and_dropout_reuse_the_compiled_step(chunk):
+    # dynamic shapes (host-drawn negatives): a new minibatch width or number of negatives is the same graph;
+    # chunk 4: the fixed-width scan of chunked training
+    fit(learning_rate=0.05, dropout_p_embed=0.3, chunk=chunk)
+    n = _training.compile_count()
+    other = dict(batch_size=5, n_sample=9, dropout_p_hidden=0.4, dropout_p_embed=0.1, chunk=chunk)
+    second = fit(**other)
+    assert _training.compile_count() == n
+    np.testing.assert_array_equal(second.step_costs_, fresh_process_costs(**other))
+
+
 def test_a_new_structure_compiles_again():
     fit(learning_rate=0.05)
     n = _training.compile_count()
@@ -65,7 +77,8 @@ def test_a_new_structure_compiles_again():
     ('learning_rate', 0.1, 0.2, None), ('momentum', 0.1, 0.5, 0.0), ('lmbd', 0.01, 0.02, 0.0), ('bpreg', 0.5, 2.0, 0.0),
     ('logq', 0.5, 1.5, 0.0), ('smoothing', 0.1, 0.2, 0.0), ('grad_cap', 1.5, 2.0, 0.0),
     ('adapt_params', [0.9], [0.5], None), ('final_act', 'elu-0.5', 'elu-2', 'elu-0'),
-    ('hidden_act', 'leaky-0.1', 'leaky-0.3', 'leaky-0')])
+    ('hidden_act', 'leaky-0.1', 'leaky-0.3', 'leaky-0'), ('dropout_p_hidden', 0.1, 0.3, 0.0),
+    ('dropout_p_embed', 0.2, 0.5, 0.0), ('batch_size', 8, 50, None), ('n_sample', 16, 100, 0)])
 def test_continuous_values_share_the_structure_and_zero_does_not(name, a, b, zero):
     def structure(value):
         kw = dict(BASE, adapt='rmsprop' if name == 'adapt_params' else 'adagrad', **{name: value})
@@ -73,6 +86,20 @@ def test_continuous_values_share_the_structure_and_zero_does_not(name, a, b, zer
     assert structure(a) == structure(b)
     if zero is not None:
         assert structure(zero) != structure(a)
+
+
+def test_selu_parameters_stay_structure():
+    # as runtime scalars they moved the step costs beyond 1e-5 (see _hyper's docstring)
+    def structure(act):
+        return _hyper.structure(_params.checked(GRU4Rec(**dict(BASE, hidden_act=act)).get_params()))
+    assert structure('selu-1.05-1.7') != structure('selu-1.1-1.7')
+
+
+def test_static_shapes_keep_width_and_n_sample_in_the_key():
+    # JAX compiles static shapes, and in-graph sampling has a fixed number of draws
+    assert _training.static_shapes(_training.FitOptions('jax', 100, 'gpu', 0, None, False, None))
+    assert _training.static_shapes(_training.FitOptions('numba', 100, 'gpu', 0, None, False, None))
+    assert not _training.static_shapes(_training.FitOptions('numba', 100, 'cpu', 0, None, False, None))
 
 
 # A process that imports the checkout top level (as `python run.py` or a script in the checkout folder does), or
