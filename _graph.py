@@ -263,7 +263,7 @@ def training_step(p, w, noise, draws=None, logq=None, width=None, h=None, static
     else:
         yhat = parse_activation(p.final_act, final=True, args=h.activation_args('final_act'))(scores)
         smoothing = h['smoothing'] if p.smoothing else 0.0
-        cost = loss_sum(p.loss, yhat, smoothing, h['bpreg'], A, col_mask) * h['inv_batch']
+        cost = loss_sum(p.loss, yhat, smoothing, h['bpreg'], A, col_mask) / h['batch']
     reset_H = [h * (1 - R)[:, None] for h in new_H]
     return [X] + sample_inputs + [R] + ([A] if masked else []) + noise.inputs + H, cost, reset_H, dense, sparse
 

@@ -12,10 +12,12 @@ where numpy folded constants together (the dense decay 1 - lr * lmbd) the folded
 same float32 arithmetic.
 
 The dropout keep probabilities (1 - p; a keep of 1, no dropout, is structure) and the batch size are runtime
-scalars too, written as PyTensor had rewritten their constants (x / c became x * (1 / c), so the graph
-multiplies by the float32 reciprocal, which is computed here). With the width of the minibatch and the number
-of negatives free in the graph (dynamic shapes: Numba or python with host-drawn negatives, see
-_training.static_shapes), a new batch_size or n_sample is not a new graph either.
+scalars too. Dropout multiplies by the keep's float32 reciprocal (computed here), as PyTensor had rewritten the
+division by a constant; the cost is divided by the batch size, which keeps the forms PyTensor gives the
+loss's gradient as they were with the constant (a power-of-two batch size gives the same bits; multiplying by
+a reciprocal did not). With the width of the minibatch and the number of negatives free in the graph (dynamic
+shapes: Numba or python with host-drawn negatives, see _training.static_shapes), a new batch_size or
+n_sample is not a new graph either.
 
 selu's two parameters stay constants (structure): the canonicalizer folds them into the gradient (l * a, and
 the switch it pushes the product into), and as runtime scalars the step costs drifted from the old ones by
@@ -43,7 +45,7 @@ def values(p):
                     rho=F(a[1] if adam else (a[0] if p.adapt in ('rmsprop', 'adadelta') else 0.0)),
                     b1=F(a[0] if adam else 0.0), bpreg=F(p.bpreg), logq=F(p.logq), smoothing=F(p.smoothing),
                     grad_cap=F(p.grad_cap), keep_embed=F(1 - p.dropout_p_embed), keep_hidden=F(1 - p.dropout_p_hidden),
-                    inv_batch=F(1) / F(p.batch_size))
+                    batch=F(p.batch_size))
     v['inv_keep_embed'], v['inv_keep_hidden'] = F(1) / v['keep_embed'], F(1) / v['keep_hidden']
     for name, act, final in (('hidden_act', p.hidden_act, False), ('final_act', p.final_act, True)):
         kind, args = _params.activation_spec(act, final)

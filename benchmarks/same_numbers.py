@@ -12,7 +12,8 @@ script is in): each backend runs in a child process of this script with --repo f
 and Numba thread, and the output of training kept out of the JSON. The parameter files are read from this
 script's checkout, so both runs train the same configurations.
 
---compare prints one table row per recorded number and exits 1 if any differs (exact float equality).
+--compare prints one table row per recorded number (and one for the first 100 step costs: identical, or
+their largest relative difference) and exits 1 if any differs (exact float equality).
 """
 import argparse
 import json
@@ -52,10 +53,11 @@ def worker(repo, backend, train_path, test_path):
     records = {}
     for name in CONFIGS:
         t0 = time.time()
-        model = GRU4Rec(backend=backend, **config_params(name)).fit(train)
+        model = GRU4Rec(backend=backend, **config_params(name)).fit(train, log_steps=True)
         (recall,), (mrr,) = evaluation.evaluate_gpu(model, test, cut_off=[20], batch_size=512)
         records[f'{name} / {backend}'] = {'epoch_losses': [e['loss'] for e in model.epoch_stats_],
-                                          'recall@20': recall, 'mrr@20': mrr, 'seconds': time.time() - t0}
+                                          'recall@20': recall, 'mrr@20': mrr, 'seconds': time.time() - t0,
+                                          'step_costs': [float(c) for c in model.step_costs_[:STEPS]]}
     return records
 
 
@@ -70,6 +72,21 @@ def run_backend(repo, backend, train_path, test_path):
         sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
         raise SystemExit(f'the {backend} run failed (exit code {r.returncode})')
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+STEPS = 100   # the first step costs recorded and compared (relative difference)
+
+
+def step_difference(ra, rb):
+    """'identical', or the largest relative difference of the first STEPS step costs and the first step (1-based)
+    that differs; None if a record has no step costs."""
+    a, b = ra.get('step_costs'), rb.get('step_costs')
+    if a is None or b is None or len(a) != len(b):
+        return None
+    rel = [abs(x - y) / abs(x) if x else abs(y) for x, y in zip(a, b)]
+    if not any(rel):
+        return 'identical'
+    return f'max {max(rel):.1e} relative, first at step {next(i for i, r in enumerate(rel) if r) + 1}'
 
 
 def numbers(record):
@@ -102,6 +119,10 @@ def compare(path_a, path_b):
             same = va == vb
             differ += not same
             print(f'| {key} | {label} | {va!r} | {vb!r} | {"yes" if same else "NO"} |')
+        steps = step_difference(ra, rb)
+        if steps is not None:
+            differ += steps != 'identical'
+            print(f'| {key} | step costs 1-{STEPS} | | {steps} | {"yes" if steps == "identical" else "NO"} |')
     print(f'\n{"All numbers are identical." if not differ else f"{differ} number(s) differ."}')
     return 1 if differ else 0
 

@@ -130,3 +130,21 @@ def test_compile_cost_prints_its_table_and_one_compile_for_ten_trials(tmp_path):
         assert f'| {row}' in r.stdout
     cost = json.loads((tmp_path / 'cost.json').read_text())
     assert cost['trials']['compiles'] == 1 and len(cost['trials']['seconds']) == 10
+
+
+def test_same_numbers_compare_reports_the_first_differing_step(tmp_path, capsys):
+    """same_numbers.py --compare: equal records pass; a step cost that differs in its last bits fails and names
+    the step and the relative difference, though every epoch loss and metric is equal."""
+    import json
+    import same_numbers
+    record = {'epoch_losses': [2.5, 1.5], 'recall@20': 0.5, 'mrr@20': 0.25, 'seconds': 1.0,
+              'step_costs': [1.0, 2.0, 4.0]}
+    changed = dict(record, step_costs=[1.0, 2.0, 4.0 * (1 + 2 ** -22)])
+    files = []
+    for name, rec in (('a', record), ('b', dict(record)), ('c', changed)):
+        files.append(tmp_path / f'{name}.json')
+        files[-1].write_text(json.dumps({'repo': name, 'commit': 'x', 'records': {'cfg / numba': rec}}))
+    assert same_numbers.compare(files[0], files[1]) == 0
+    assert '| cfg / numba | step costs 1-100 | | identical | yes |' in capsys.readouterr().out
+    assert same_numbers.compare(files[0], files[2]) == 1
+    assert 'max 2.4e-07 relative, first at step 3 | NO |' in capsys.readouterr().out
