@@ -175,14 +175,14 @@ def create_app(model, settings=None):
     class Click(BaseModel):
         model_config = ConfigDict(extra='forbid')
         item: ItemId = Field(description='the clicked item ID')
-        k: StrictInt = Field(20, ge=1, description=f'number of recommendations (at most {s.max_k})')
+        k: StrictInt = Field(20, ge=1, le=s.max_k, description='number of recommendations')
         exclude_seen: StrictBool = Field(False, description="leave out the session's own clicked items")
         candidates: Optional[List[ItemId]] = Field(None, description='recommend only from these item IDs')
 
     class Clicks(BaseModel):
         model_config = ConfigDict(extra='forbid')
         items: List[ItemId] = Field(description='the clicks of a session so far, oldest first')
-        k: StrictInt = Field(20, ge=1)
+        k: StrictInt = Field(20, ge=1, le=s.max_k, description='number of recommendations')
         exclude_seen: StrictBool = False
         candidates: Optional[List[ItemId]] = None
 
@@ -194,6 +194,17 @@ def create_app(model, settings=None):
         new_session: bool = Field(False, description='this click started the session from a zero state (new, '
                                   'ended, evicted or expired before)')
         clicks: int = Field(description="the session's known clicks")
+
+    class Error(BaseModel):
+        error: str = Field(description='what was wrong with the request')
+
+    def errors(*codes):   # the error answers a route can give, for the OpenAPI document
+        why = {400: 'the model cannot answer (e.g. no candidate is a known item); body not UTF-8',
+               404: 'no such session', 413: 'request body over --max_body',
+               415: 'the body is not declared as JSON (Content-Type: application/json)',
+               422: 'invalid request: a missing, extra or wrongly typed field, k or a list over its limit',
+               503: 'too many clicks waiting (--max_pending); retry later'}
+        return {c: {'model': Error, 'description': why[c]} for c in codes}
 
     app = FastAPI(title='GRU4Rec live recommendations', version='1',
                   description=__doc__.split('\n\n')[1] if __doc__ else None, lifespan=lifespan)
@@ -208,6 +219,10 @@ def create_app(model, settings=None):
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc):
+        ctype = request.headers.get('content-type', '')
+        if request.method == 'POST' and ctype.split(';')[0].strip().lower() != 'application/json':
+            return error(415, f'The body must be JSON with Content-Type: application/json (got '
+                              f'{ctype or "no Content-Type"})')
         errs = exc.errors()
         parts = ['/'.join(str(x) for x in e.get('loc', ())) + ': ' + str(e.get('msg', '')) for e in errs[:5]]
         return error(422, 'Invalid request: ' + '; '.join(parts))
@@ -220,17 +235,16 @@ def create_app(model, settings=None):
     async def model_error(request, exc):
         return error(400, str(exc))
 
-    def check(k, lists):
-        if k > s.max_k:
-            raise HTTPException(422, f'k must be at most {s.max_k}')
+    def check(lists):   # (k's limit is in the models: the OpenAPI document shows it)
         for name, v in lists:
             if v is not None and len(v) > s.max_items:
                 raise HTTPException(422, f'{name} may list at most {s.max_items} item IDs')
 
     # (FastClicks answers the valid requests of this route first; this handler gets the others, and documents it)
-    @app.post('/sessions/{session}/clicks', response_model=Recs, summary='Add a click to a session; get its top-k')
+    @app.post('/sessions/{session}/clicks', response_model=Recs, summary='Add a click to a session; get its top-k',
+              responses=errors(400, 413, 415, 422, 503))
     async def click(body: Click, session: str = Path(min_length=1, max_length=s.max_session_id)):
-        check(body.k, [('candidates', body.candidates)])
+        check([('candidates', body.candidates)])
         try:
             fut = state['batcher'].submit({'session': session, 'item': body.item, 'k': body.k,
                                            'exclude_seen': body.exclude_seen, 'candidates': body.candidates})
@@ -238,16 +252,17 @@ def create_app(model, settings=None):
             raise HTTPException(503, 'Too many clicks waiting; retry later') from None
         return JSONResponse((await fut).to_dict())   # a Response: FastAPI skips re-validating the output
 
-    @app.delete('/sessions/{session}', summary='End a session (forget its state)')
+    @app.delete('/sessions/{session}', summary='End a session (forget its state)', responses=errors(404, 422))
     async def end(session: str = Path(min_length=1, max_length=s.max_session_id)):
         ended = await asyncio.get_running_loop().run_in_executor(executor, store.end, session)
         if not ended:
             raise HTTPException(404, f'No live session {session!r} (never started, ended, evicted or expired)')
         return {'session': session, 'ended': True}
 
-    @app.post('/recommend', response_model=Recs, summary='Top-k after a list of clicks (stateless)')
+    @app.post('/recommend', response_model=Recs, summary='Top-k after a list of clicks (stateless)',
+              responses=errors(400, 413, 415, 422))
     async def recommend(body: Clicks):
-        check(body.k, [('items', body.items), ('candidates', body.candidates)])
+        check([('items', body.items), ('candidates', body.candidates)])
         res = await asyncio.get_running_loop().run_in_executor(
             executor, lambda: rec.recommend(model, body.items, k=body.k, exclude_seen=body.exclude_seen,
                                             candidates=body.candidates))

@@ -89,6 +89,12 @@ def test_binds_to_loopback_and_serves_every_endpoint(server, model):
     assert code == 200 and meta['model']['n_items'] == model.n_items and meta['settings']['capacity'] == 3
     code, spec = server.call('GET', '/openapi.json')
     assert code == 200 and {'/sessions/{session}/clicks', '/sessions/{session}', '/recommend', '/health', '/model'} <= set(spec['paths'])
+    # the error answers as the server sends them ({"error": ...}), and k's limit in the schema
+    answers = spec['paths']['/sessions/{session}/clicks']['post']['responses']
+    assert {'400', '413', '415', '422', '503'} <= set(answers)
+    error_schema = answers['422']['content']['application/json']['schema']['$ref'].rsplit('/', 1)[1]
+    assert set(spec['components']['schemas'][error_schema]['properties']) == {'error'}
+    assert spec['components']['schemas']['Click']['properties']['k']['maximum'] == meta['settings']['max_k']
     code, page = server.call('GET', '/docs')
     assert code == 200 and 'swagger' in page.lower()
     clicks = ['i3', 'i17', 'nope', 'i5']
@@ -132,6 +138,8 @@ BAD = [
     ('POST', '/sessions/a/clicks', None, json.dumps({'item': 'i1', 'candidates': ['i1'] * 2000}).encode(), 413),
     ('POST', '/recommend', {'items': ['i1'] * 51}, None, 422),                 # over --max_items
     ('POST', '/recommend', {'items': 'i1'}, None, 422),
+    ('POST', '/recommend', None, b'{"items": ["i1"]}', 415, {'Content-Type': 'text/plain'}),   # not declared JSON
+    ('POST', '/sessions/a/clicks', None, b'item=i1', 415, {'Content-Type': 'application/x-www-form-urlencoded'}),
     ('POST', '/recommend', {'items': ['i1'], 'candidates': []}, None, 400),
     ('GET', '/sessions/a/clicks', None, None, 405),
     ('GET', '/nowhere', None, None, 404),
@@ -139,9 +147,10 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize('method,path,body,raw,code', BAD, ids=[f'{i}-{b[-1]}' for i, b in enumerate(BAD)])
-def test_bad_requests_are_json_4xx(server, method, path, body, raw, code):
-    got, res = server.call(method, path, body, raw)
+@pytest.mark.parametrize('case', BAD, ids=[f'{i}-{b[4]}' for i, b in enumerate(BAD)])
+def test_bad_requests_are_json_4xx(server, case):
+    method, path, body, raw, code, *headers = case     # (headers: instead of Content-Type: application/json)
+    got, res = server.call(method, path, body, raw, headers=headers[0] if headers else None)
     assert got == code, res
     assert isinstance(res, dict) and isinstance(res.get('error'), str) and res['error']
     assert server.call('GET', '/health')[0] == 200        # and the server is still up
