@@ -166,10 +166,8 @@ def parse_parameter_string(text):
             continue
         if part.count('=') != 1:
             raise InputError(f'Invalid item "{part}" in the parameter string (expected name=value; values cannot contain , or =)')
-        k, v = (x.strip() for x in part.split('='))
-        if k in params:   # (the last would win silently, and a typo in a long string goes unnoticed)
-            raise InputError(f'Parameter {k} is given twice in the parameter string ({params[k]} and {v})')
-        params[k] = v
+        k, v = part.split('=')
+        params[k.strip()] = v.strip()
     if not params:
         raise InputError('The parameter string is empty')
     return params

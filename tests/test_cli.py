@@ -132,8 +132,6 @@ BAD = [
     ('unknown parameter', lambda f: [f['train'], '-ps', 'foo=1'], 'Unknown parameter: foo'),
     ('unparsable value', lambda f: [f['train'], '-ps', 'n_sample=many'], 'n_sample'),
     ('malformed parameter string', lambda f: [f['train'], '-ps', 'layers100'], 'expected name=value'),
-    ('parameter given twice', lambda f: [f['train'], '-ps', TINY + ',momentum=0.1,momentum=0.2'],
-     'Parameter momentum is given twice in the parameter string (0.1 and 0.2)'),
     ('bad loss', lambda f: [f['train'], '-ps', 'loss=hinge'], 'loss'),
     ('missing column', lambda f: [f['no_time'], '-ps', TINY], 'The column specified for time "Time" is not in the training file'),
     ('empty file', lambda f: [f['empty'], '-ps', TINY], 'is empty'),
