@@ -2,12 +2,12 @@
 items and scores (the prediction graph's activated scores + recommend.top_k), falls back to it where a tie
 could change the result, and the block statistics equal a numpy re-computation."""
 import numpy as np
-import pandas as pd
 import pytest
 
 import _item_scores as S
 from gru4rec import GRU4Rec
 from recommend import LiveSessions, ModelAdapter, recommend_batch, top_k
+from test_recommend import sessions   # the same generated click logs
 
 
 def test_monotone_activation():
@@ -59,12 +59,6 @@ def test_select_blocked_and_best_k_are_the_full_sort(kind):
         assert not exact.all()     # the saturated rows tie at 1.0 beyond the candidates
     else:
         assert exact.all()
-
-
-def sessions(n_sessions, n_items, seed):
-    rng = np.random.RandomState(seed)
-    rows = [(s, f'i{rng.randint(n_items)}', 1000 * s + t) for s in range(n_sessions) for t in range(rng.randint(2, 7))]
-    return pd.DataFrame(rows, columns=['SessionId', 'ItemId', 'Time'])
 
 
 @pytest.fixture(scope='module')
