@@ -4,7 +4,8 @@ The model code (_graph.py, _optim.py) builds plain PyTensor graphs; this module 
 compiled, and holds each backend's defaults for training and evaluation. Backends (names and the device ->
 backend policy: _devices.py):
 
-* ``numba``  -- PyTensor's Numba backend (the CPU default; cold compile ~30 s, then cached on disk).
+* ``numba``  -- PyTensor's Numba backend (the CPU default; cold compile 40-60 s on a 2-core VM, then cached on
+               disk; _numba_link makes Numba optimise and emit the nested functions once).
 * ``jax``    -- PyTensor's JAX backend (the GPU path; also runs on the CPU when JAX is installed).
 * ``python`` -- PyTensor's FAST_COMPILE mode (numpy ``perform`` implementations, sub-second compile).
                Slow to run; used by the test-suite to check numerics of many graph variants. It keeps
@@ -36,9 +37,9 @@ from pytensor.tensor.math import Max, Sum
 from pytensor.tensor.rewriting.elemwise import fuse_seqopt
 
 if __package__:
-    from . import _devices, gpu_ops
+    from . import _devices, _numba_link, gpu_ops
 else:
-    import _devices, gpu_ops  # noqa: E401
+    import _devices, _numba_link, gpu_ops  # noqa: E401
 
 FUSED_TAG, PLAIN_TAG, JAX_TAG = 'gru4rec_fused', 'gru4rec_plain', 'gru4rec_jax'
 NUMBA_FAST_TAG = 'gru4rec_numba_fast'
@@ -83,6 +84,8 @@ def compile_mode(backend, fused=None, device=None):
         mode = mode.excluding(FUSED_TAG).including(PLAIN_TAG)
     elif backend == 'numba':
         mode = mode.including(NUMBA_FAST_TAG)
+    if backend == 'numba':
+        _numba_link.install()   # each Numba library optimised and emitted once, by the function Python calls
     if backend == 'jax':
         gpu_ops.register_jax()
         mode = mode.including(JAX_TAG)
