@@ -14,7 +14,7 @@ _hash_draws.py -- SampleItems: negative samples drawn inside the compiled step f
     sample_from_cdf and hash_uniform_rows are the definitions the kernels reproduce.
 _fast_math.py -- Exp32, Sigmoid32 (scalar Ops; exp_f32, sigmoid_f32 are their instances) and RowMax:
     float32 exp, sigmoid and row max that the Numba backend can vectorise; exp32 and sigmoid32 are their
-    numpy references.
+    numpy references. MatMul32: a float32 matrix product whose Numba code is compiled once per process.
 _ops_support.py -- what the families share: the float dtype, the decorator of their Numba kernels and their
     disk-cache keys (the same for the checkout and the installed package).
 """
@@ -41,9 +41,9 @@ hash_uniforms, sample_from_cdf, GUIDE_MAX_BITS, cdf_guide, sample_from_guide, gu
 SampleItems, sample_items, numba_guided_search, hash_uniform_rows, HashUniforms = (
     _hash_draws.SampleItems, _hash_draws.sample_items, _hash_draws.numba_guided_search, _hash_draws.hash_uniform_rows,
     _hash_draws.HashUniforms)
-exp32, sigmoid32, Exp32, Sigmoid32, exp_f32, sigmoid_f32, RowMax = (
+exp32, sigmoid32, Exp32, Sigmoid32, exp_f32, sigmoid_f32, RowMax, MatMul32 = (
     _fast_math.exp32, _fast_math.sigmoid32, _fast_math.Exp32, _fast_math.Sigmoid32, _fast_math.exp_f32,
-    _fast_math.sigmoid_f32, _fast_math.RowMax)
+    _fast_math.sigmoid_f32, _fast_math.RowMax, _fast_math.MatMul32)
 
 
 @functools.cache

@@ -1,6 +1,7 @@
-"""gpu_ops' float32 exp, sigmoid and row max for the Numba backend: accuracy against float64 numpy, special
-values, the Numba kernels bit for bit against their numpy references, and custom_opt putting them in place
-(Numba with fused Ops only) without changing what a graph computes."""
+"""gpu_ops' float32 exp, sigmoid, row max and matrix product for the Numba backend: accuracy against float64
+numpy, special values, the Numba kernels bit for bit against their numpy references (the product against
+PyTensor's Dot), and custom_opt putting them in place (Numba with fused Ops only) without changing what a graph
+computes."""
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
@@ -120,3 +121,56 @@ def test_float64_exp_is_left_alone():
     fn = numba_fn(pt.exp, pt.vector('x', dtype='float64'))
     assert not any(type(getattr(n.op, 'scalar_op', None)).__name__ == 'Exp32' for n in fn.maker.fgraph.apply_nodes)
     np.testing.assert_array_equal(fn(np.array([0.5, 700.0])), np.exp([0.5, 700.0]))
+
+
+def operand_layouts(rng, m, k, n):
+    """Pairs (x, y) of float32 matrices (m x k, k x n) in the layouts a graph hands a product: C-contiguous,
+    transposed (F), a column slice, every other row, reversed rows or columns."""
+    def views(r, c):
+        base = np.float32(rng.normal(size=(2 * r + 1, 2 * c + 1)))
+        return [np.ascontiguousarray(base[:r, :c]), np.asfortranarray(base[:r, :c]), base[:r, 1:c + 1],
+                base[:2 * r:2, :c], base[r - 1::-1, :c] if r else base[:0, :c], base[:r, c - 1::-1] if c else base[:r, :0]]
+    return [(x, y) for x in views(m, k) for y in views(k, n)]
+
+
+@pytest.mark.parametrize('m,k,n', [(7, 5, 3), (1, 4, 6), (5, 4, 1), (3, 0, 2), (4, 1, 4)])
+def test_matmul32_equals_pytensors_dot_on_numba_bit_for_bit(m, k, n):
+    # the rewrite's Op against PyTensor's own Dot code (fused=False keeps Dot), in every layout and at the
+    # shapes where BLAS takes another path (a vector operand, an empty contraction)
+    pytest.importorskip('numba')
+    x, y = pt.matrix('x', dtype='float32'), pt.matrix('y', dtype='float32')
+    fast = pytensor.function([x, y], pt.dot(x, y), mode=custom_opt.compile_mode('numba', fused=True))
+    plain = pytensor.function([x, y], pt.dot(x, y), mode=custom_opt.compile_mode('numba', fused=False))
+    ops = [type(node.op).__name__ for node in fast.maker.fgraph.apply_nodes]
+    assert 'MatMul32' in ops and 'Dot' not in ops
+    for a, b in operand_layouts(np.random.default_rng(m * 100 + k * 10 + n), m, k, n):
+        got, want = fast(a, b), plain(a, b)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_allclose(got, np.dot(a.astype(np.float64), b.astype(np.float64)), rtol=1e-5, atol=1e-5)
+
+
+def test_matmul32_leaves_other_dtypes_alone():
+    # (PyTensor writes a matrix-vector product as a matrix product with a column; that one is replaced too)
+    pytest.importorskip('numba')
+    x, v = pt.matrix('x', dtype='float32'), pt.vector('v', dtype='float32')
+    d = pt.matrix('d', dtype='float64')
+    fn = pytensor.function([x, v, d], [pt.dot(x, v), pt.dot(d, d)], mode=custom_opt.compile_mode('numba'))
+    products = [node for node in fn.maker.fgraph.apply_nodes if type(node.op).__name__ in ('Dot', 'MatMul32')]
+    assert sorted((type(n.op).__name__, n.outputs[0].dtype) for n in products) == [('Dot', 'float64'),
+                                                                                   ('MatMul32', 'float32')]
+    a, b, c = np.float32([[1, 2], [3, 4]]), np.float32([1, -1]), np.array([[0.5, 1.0], [2.0, 0.0]])
+    got = fn(a, b, c)
+    np.testing.assert_array_equal(got[0], np.float32([-1, -1]))
+    np.testing.assert_array_equal(got[1], c @ c)
+
+
+def test_matmul32_perform_and_errors():
+    x, y = pt.matrix('x', dtype='float32'), pt.matrix('y', dtype='float32')
+    fn = pytensor.function([x, y], gpu_ops.MatMul32()(x, y), mode=custom_opt.compile_mode('python'))
+    a, b = np.float32([[1, 2, 3]]), np.float32([[1], [0], [2]])
+    np.testing.assert_array_equal(fn(a, b), np.float32([[7]]))
+    with pytest.raises(TypeError, match='two float32 matrices'):
+        gpu_ops.MatMul32()(pt.vector('v', dtype='float32'), y)
+    with pytest.raises(TypeError, match='two float32 matrices'):
+        gpu_ops.MatMul32()(x, pt.matrix('d', dtype='float64'))
