@@ -132,6 +132,54 @@ def test_compile_cost_prints_its_table_and_one_compile_for_ten_trials(tmp_path):
     assert cost['trials']['compiles'] == 1 and len(cost['trials']['seconds']) == 10
 
 
+PHASES = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import compile_profile
+clock = compile_profile.PhaseClock()
+clock.install()
+import numba, numpy as np
+import pytensor, pytensor.tensor as pt
+sys.path.insert(0, sys.argv[2])
+import custom_opt
+t0 = time.perf_counter()
+@numba.njit(no_cpython_wrapper=True, no_cfunc_wrapper=True)
+def inner(x):
+    return x * 2.0
+@numba.njit
+def outer(x):
+    return inner(x) + 1.0
+outer(np.ones(3))
+x = pt.vector('x')
+pytensor.function([x], pt.exp(x) * 2, mode=custom_opt.compile_mode('numba'))(np.ones(3))
+clock.close()
+print(json.dumps(dict(wall=time.perf_counter() - t0, seconds=clock.seconds, calls=clock.calls,
+                      depths=sorted({d for _, d in clock.by_depth}))))
+"""
+
+
+def test_compile_profile_phases_add_up_to_the_wall_time(tmp_path):
+    """compile_profile's clock: exclusive phase times that add up to the wall time, with each compiler phase
+    seen, and nested Numba compiles counted by depth (a Numba function and a small PyTensor graph, in a fresh
+    process with an empty cache; the script's full run is a cold training-step compile, too long for here)."""
+    import json
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTENSOR_FLAGS=f'base_compiledir={tmp_path}', NUMBA_CACHE_DIR=str(tmp_path / 'numba'))
+    r = subprocess.run([sys.executable, '-c', PHASES, os.path.join(root, 'benchmarks'), root], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    seconds = out['seconds']
+    for phase in ('PyTensor: graph rewriting', 'Numba: type inference', 'Numba: lowering to LLVM IR',
+                  'LLVM: module passes', 'LLVM: machine-code emission', 'Numba: cache writes'):
+        assert seconds.get(phase, 0) > 0, phase
+    # every second inside the timed block is counted once ('other' also holds the imports before it)
+    assert sum(v for k, v in seconds.items() if k != 'other') <= out['wall'] + 0.05
+    assert sum(seconds.values()) >= out['wall']
+    assert 1 in out['depths'] and max(out['depths']) >= 2
+
+
 def test_same_numbers_compare_reports_the_first_differing_step(tmp_path, capsys):
     """same_numbers.py --compare: equal records pass; a step cost that differs in its last bits fails and names
     the step and the relative difference, though every epoch loss and metric is equal."""

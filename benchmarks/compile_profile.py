@@ -1,0 +1,180 @@
+"""Where a cold compile of the quick-start configuration spends its time (Numba backend).
+
+    python benchmarks/compile_profile.py TRAIN [--events N] [--eval-events N] [--repo DIR] [--out FILE.json]
+
+Runs, in a child process with an empty PyTensor/Numba cache folder and one thread, a 1-epoch fit of the
+quick-start configuration (param_samples/rsc15_cross-entropy_logq.py) on the first N events of TRAIN (default
+3000), then an evaluation of the same events (its own compiled graph). The compiler's phases are timed by
+wrapping the functions that run them; a phase's time is exclusive (a function compiled while its caller's
+type inference runs is counted in its own phases, not in the caller's), so the rows add up to the wall time:
+
+* PyTensor: graph rewriting (`FunctionMaker.prepare_fgraph`) and turning the graph into Python functions
+  for Numba (`NumbaLinker.fgraph_convert`);
+* Numba: type inference, lowering to LLVM IR, LLVM function passes, linking the modules of the functions a
+  function calls into its own, LLVM module passes, machine-code emission, cache writes and reads, the rest
+  of Numba's pipeline;
+* module passes and emission again by nesting depth (depth 1: a function called from Python; depth k: a
+  function compiled while k-1 others were being compiled). With Numba's eager path (GRU4REC_NUMBA_EAGER=1)
+  every depth re-optimises and re-emits the code linked into it; with _numba_link it happens at depth 1.
+
+--repo measures another checkout's code (e.g. `git worktree add /tmp/cbc cbc96da`). Prints tables (seconds)
+and the machine; --out also writes the numbers as JSON.
+"""
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compile_cost  # noqa: E402  (the quick-start parameters, one-thread environment, machine line)
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class PhaseClock:
+    """Exclusive time per phase: entering a phase pauses the one it was entered from."""
+
+    def __init__(self):
+        self.seconds = collections.Counter()
+        self.calls = collections.Counter()
+        self.by_depth = collections.Counter()   # (phase, compile depth) -> seconds
+        self.stack = [('other', time.perf_counter())]
+        self.depth = 0                          # Numba compiles in progress
+
+    def wrap(self, owner, name, phase, counts_depth=False):
+        original = getattr(owner, name)
+        clock = self
+
+        def timed(*args, **kwargs):
+            now = time.perf_counter()
+            top, since = clock.stack[-1]
+            clock.seconds[top] += now - since
+            clock.stack.append((phase, now))
+            clock.calls[phase] += 1
+            clock.depth += counts_depth
+            try:
+                return original(*args, **kwargs)
+            finally:
+                end = time.perf_counter()
+                _, since = clock.stack.pop()
+                clock.seconds[phase] += end - since
+                clock.by_depth[phase, clock.depth] += end - since
+                clock.depth -= counts_depth
+                clock.stack[-1] = (clock.stack[-1][0], end)
+
+        # a staticmethod stays one (the wrapper must not receive the instance)
+        setattr(owner, name, staticmethod(timed) if isinstance(owner.__dict__.get(name), staticmethod) else timed)
+
+    def install(self):
+        from numba.core import caching, codegen, dispatcher, typed_passes
+        from pytensor.compile import maker
+        from pytensor.link.numba import linker
+        self.wrap(maker.FunctionMaker, 'prepare_fgraph', 'PyTensor: graph rewriting')
+        self.wrap(linker.NumbaLinker, 'fgraph_convert', 'PyTensor: graph to Numba functions')
+        self.wrap(dispatcher.Dispatcher, 'compile', 'Numba: rest of the pipeline', counts_depth=True)
+        self.wrap(typed_passes.NopythonTypeInference, 'run_pass', 'Numba: type inference')
+        self.wrap(typed_passes.NativeLowering, 'run_pass', 'Numba: lowering to LLVM IR')
+        self.wrap(codegen.CPUCodeLibrary, '_optimize_functions', 'LLVM: function passes')
+        self.wrap(codegen.CPUCodeLibrary, 'finalize', 'LLVM: linking callees in')
+        self.wrap(codegen.CPUCodeLibrary, '_optimize_final_module', 'LLVM: module passes')
+        self.wrap(codegen.JITCodeLibrary, '_finalize_specific', 'LLVM: machine-code emission')
+        self.wrap(caching.Cache, 'save_overload', 'Numba: cache writes')
+        self.wrap(caching.Cache, 'load_overload', 'Numba: cache reads')
+
+    def close(self):
+        now = time.perf_counter()
+        top, since = self.stack[-1]
+        self.seconds[top] += now - since
+        self.stack[-1] = (top, now)
+
+
+def child(repo, train, events, eval_events):
+    sys.path.insert(0, repo)
+    os.chdir(repo)
+    clock = PhaseClock()
+    clock.install()
+    import contextlib
+    import io
+    import pandas as pd
+    import evaluation
+    from gru4rec import GRU4Rec
+    data = pd.read_csv(train, sep='\t', dtype={'ItemId': str}, nrows=events)
+    result = {}
+    for stage in ('fit', 'evaluation'):
+        before = dict(clock.seconds), dict(clock.by_depth), clock.calls['Numba: rest of the pipeline']
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            if stage == 'fit':
+                model = GRU4Rec(**compile_cost.quick_start_params()).fit(data)
+            else:
+                evaluation.evaluate_gpu(model, data.iloc[:eval_events], cut_off=[20])
+        clock.close()
+        wall = time.perf_counter() - t0
+        result[stage] = {
+            'wall': wall,
+            'phases': {k: v - before[0].get(k, 0.0) for k, v in clock.seconds.items()},
+            'by_depth': [[k[0], k[1], v - before[1].get(k, 0.0)] for k, v in clock.by_depth.items()],
+            'functions': clock.calls['Numba: rest of the pipeline'] - before[2],
+        }
+    return result
+
+
+def measure(repo, train, events, eval_events):
+    with tempfile.TemporaryDirectory(prefix='compile_profile_') as cache:
+        env = dict(os.environ, **compile_cost.ONE_THREAD, PYTENSOR_FLAGS=f'base_compiledir={cache}',
+                   NUMBA_CACHE_DIR=os.path.join(cache, 'numba'))
+        cmd = [sys.executable, os.path.abspath(__file__), train, '--child', repo, '--events', str(events),
+               '--eval-events', str(eval_events)]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo)
+    if r.returncode != 0:
+        sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
+        raise SystemExit(f'the profile of {repo} failed (exit code {r.returncode})')
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('train', help='training data (e.g. data/rsc15_64/rec15_64_train_full.txt.gz)')
+    ap.add_argument('--events', type=int, default=3000, help='events of TRAIN to fit on (default 3000)')
+    ap.add_argument('--eval-events', type=int, default=1000, help='events to evaluate on (default 1000)')
+    ap.add_argument('--repo', default=HERE, help='the checkout whose code to profile (default: this one)')
+    ap.add_argument('--out', metavar='FILE.json')
+    ap.add_argument('--child', metavar='REPO', help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    train = os.path.abspath(args.train)
+    if args.child:
+        print('\n' + json.dumps(child(args.child, train, args.events, args.eval_events)))
+        return 0
+    result = measure(os.path.abspath(args.repo), train, args.events, args.eval_events)
+    print(f'Machine: {compile_cost.machine()}; Numba backend, one thread, empty cache; code of {args.repo}; '
+          f'quick-start configuration, 1 epoch on {args.events} events, then evaluation on {args.eval_events}\n')
+    stages = ('fit', 'evaluation')
+    phases = sorted({p for s in stages for p in result[s]['phases']},
+                    key=lambda p: -result['fit']['phases'].get(p, 0.0))
+    print('| phase (exclusive seconds) | fit | evaluation |\n|---|---|---|')
+    for p in phases:
+        print(f'| {p} | ' + ' | '.join(f'{result[s]["phases"].get(p, 0.0):.1f}' for s in stages) + ' |')
+    print('| **wall** | ' + ' | '.join(f'**{result[s]["wall"]:.1f}**' for s in stages) + ' |')
+    print('| Numba functions compiled | ' + ' | '.join(str(result[s]['functions']) for s in stages) + ' |')
+    print('\nLLVM module passes and emission by compile depth (fit, seconds):\n')
+    print('| depth | module passes | emission |\n|---|---|---|')
+    depth = collections.defaultdict(dict)
+    for phase, d, secs in result['fit']['by_depth']:
+        depth[d][phase] = secs
+    for d in sorted(depth):
+        row = depth[d]
+        if 'LLVM: module passes' in row or 'LLVM: machine-code emission' in row:
+            print(f'| {d} | {row.get("LLVM: module passes", 0.0):.1f} | '
+                  f'{row.get("LLVM: machine-code emission", 0.0):.1f} |')
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(dict(result, machine=compile_cost.machine(), repo=args.repo), f, indent=1)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
