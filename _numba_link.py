@@ -10,12 +10,11 @@ step that was 43 of 84 s (benchmarks/compile_profile.py, docs/performance.md), a
 function's machine code ever runs: a caller inlines or links its own copy of its callees.
 
 install() makes both steps lazy. A library's module passes and machine-code emission run when something
-needs its machine code: a pointer to a function defined in it (a function Python calls, a C callback) or
-its object code for the disk cache. A library that is only ever linked into others is never optimised or
-emitted by itself; its code is optimised once, inside the module of the function that is called. The
-passes and their order are Numba's own, so the generated code is the same as before wherever the outer
-module used to see already-optimised callees and the inliner made the same choices; the tests compare
-compiled results with Numba's eager path bit for bit.
+needs a pointer to a function defined in it (a function Python calls, a C callback). A library that is only
+ever linked into others is never optimised or emitted by itself; its code is optimised once, inside the
+module of the function that is called. The passes and their order are Numba's own; what changes is that
+the outer module links its callees' IR before module optimisation instead of after. Every comparison made
+gave the same results bit for bit (the quick-start training, and the tests against Numba's eager path).
 
 Two things the eager path did on the side are kept:
 
@@ -25,8 +24,8 @@ Two things the eager path did on the side are kept:
   the function is compiled. For a library not yet emitted that global does not exist yet; the address is
   kept and written as soon as a module that defines the global has been emitted.
 
-It changes private methods of Numba's JIT code library, so it checks that they are there (Numba 0.59-0.68
-were read) and does nothing otherwise; GRU4REC_NUMBA_EAGER=1 in the environment keeps Numba's own
+It changes private methods of Numba's JIT code library, so it checks that they are there (Numba 0.68's
+were read) and otherwise does nothing; GRU4REC_NUMBA_EAGER=1 in the environment keeps Numba's own
 behaviour (custom_opt.compile_mode calls install() for the Numba backend).
 """
 import ctypes

@@ -159,7 +159,7 @@ def main():
     for p in phases:
         print(f'| {p} | ' + ' | '.join(f'{result[s]["phases"].get(p, 0.0):.1f}' for s in stages) + ' |')
     print('| **wall** | ' + ' | '.join(f'**{result[s]["wall"]:.1f}**' for s in stages) + ' |')
-    print('| Numba functions compiled | ' + ' | '.join(str(result[s]['functions']) for s in stages) + ' |')
+    print('| Numba compile requests (Dispatcher.compile calls) | ' + ' | '.join(str(result[s]['functions']) for s in stages) + ' |')
     print('\nLLVM module passes and emission by compile depth (fit, seconds):\n')
     print('| depth | module passes | emission |\n|---|---|---|')
     depth = collections.defaultdict(dict)
