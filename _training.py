@@ -255,7 +255,7 @@ def acquire_step(p, options, mode, arrays, logq_arrays, draws, width, n_items):
         return step
     weights = _graph.shared_weights(arrays)
     logq = tuple(pytensor.shared(v, name=n) for v, n in zip(logq_arrays, ('logq_target', 'logq_sample')))
-    # the pause of the first epoch (Numba: 35-40 s cold on a 2-core VM; seconds when PyTensor's cache has it)
+    # the pause of the first epoch (Numba: 33-42 s cold on a 2-core VM; seconds when PyTensor's cache has it)
     print('Compiling the training step (or loading it from the compile cache)', flush=True)
     if chunked:
         fn, g = compile_chunked(p, weights, logq, mode, draws, width, n_items, static_k=options.backend == 'jax',
