@@ -17,6 +17,11 @@ type inference runs is counted in its own phases, not in the caller's), so the r
   function compiled while k-1 others were being compiled). With Numba's eager path (GRU4REC_NUMBA_EAGER=1)
   every depth re-optimises and re-emits the code linked into it; with _numba_link it happens at depth 1.
 
+--backend jax profiles what a new batch size costs on JAX instead (XLA compiles static shapes): in one
+process, fits with batch_size 32, then 48, then 32 again with another learning rate, each split into
+PyTensor's graph rewriting and conversion to JAX, JAX's tracing, lowering to MLIR and XLA's compile (JAX's
+own compile-time events), and the rest.
+
 --repo measures another checkout's code (e.g. `git worktree add /tmp/cbc cbc96da`). Prints tables (seconds)
 and the machine; --out also writes the numbers as JSON.
 """
@@ -123,12 +128,50 @@ def child(repo, train, events, eval_events):
     return result
 
 
-def measure(repo, train, events, eval_events):
+JAX_EVENTS = {'/jax/core/compile/jaxpr_trace_duration': 'JAX: tracing',
+              '/jax/core/compile/jaxpr_to_mlir_module_duration': 'JAX: lowering to MLIR',
+              '/jax/core/compile/backend_compile_duration': 'XLA: compile'}
+JAX_FITS = [('batch_size 32', dict(batch_size=32)), ('batch_size 48', dict(batch_size=48)),
+            ('batch_size 32, learning_rate 0.1', dict(batch_size=32, learning_rate=0.1))]
+
+
+def jax_child(repo, train, events):
+    """Per fit: seconds of PyTensor's phases (exclusive), of JAX's compile events, and the wall time."""
+    sys.path.insert(0, repo)
+    os.chdir(repo)
+    clock = PhaseClock()
+    from pytensor.compile import maker
+    from pytensor.link.jax import linker
+    clock.wrap(maker.FunctionMaker, 'prepare_fgraph', 'PyTensor: graph rewriting')
+    clock.wrap(linker.JAXLinker, 'fgraph_convert', 'PyTensor: graph to JAX functions')
+    import jax
+    jax_seconds = collections.Counter()
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, secs, **kw: jax_seconds.update({JAX_EVENTS[event]: secs}) if event in JAX_EVENTS else None)
+    import contextlib
+    import io
+    import pandas as pd
+    from gru4rec import GRU4Rec
+    data = pd.read_csv(train, sep='\t', dtype={'ItemId': str}, nrows=events)
+    result = []
+    for label, changes in JAX_FITS:
+        before, jax_before = dict(clock.seconds), dict(jax_seconds)
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            GRU4Rec(**dict(compile_cost.quick_start_params(), backend='jax', **changes)).fit(data)
+        clock.close()
+        phases = {k: v - before.get(k, 0.0) for k, v in clock.seconds.items() if k != 'other'}
+        phases.update({k: v - jax_before.get(k, 0.0) for k, v in jax_seconds.items()})
+        result.append({'fit': label, 'wall': time.perf_counter() - t0, 'phases': phases})
+    return result
+
+
+def measure(repo, train, events, eval_events, backend='numba'):
     with tempfile.TemporaryDirectory(prefix='compile_profile_') as cache:
         env = dict(os.environ, **compile_cost.ONE_THREAD, PYTENSOR_FLAGS=f'base_compiledir={cache}',
                    NUMBA_CACHE_DIR=os.path.join(cache, 'numba'))
         cmd = [sys.executable, os.path.abspath(__file__), train, '--child', repo, '--events', str(events),
-               '--eval-events', str(eval_events)]
+               '--eval-events', str(eval_events), '--backend', backend]
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo)
     if r.returncode != 0:
         sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
@@ -142,14 +185,41 @@ def main():
     ap.add_argument('--events', type=int, default=3000, help='events of TRAIN to fit on (default 3000)')
     ap.add_argument('--eval-events', type=int, default=1000, help='events to evaluate on (default 1000)')
     ap.add_argument('--repo', default=HERE, help='the checkout whose code to profile (default: this one)')
+    ap.add_argument('--backend', default='numba', choices=('numba', 'jax'))
     ap.add_argument('--out', metavar='FILE.json')
     ap.add_argument('--child', metavar='REPO', help=argparse.SUPPRESS)
     args = ap.parse_args()
     train = os.path.abspath(args.train)
     if args.child:
-        print('\n' + json.dumps(child(args.child, train, args.events, args.eval_events)))
+        out = (jax_child(args.child, train, args.events) if args.backend == 'jax' else
+               child(args.child, train, args.events, args.eval_events))
+        print('\n' + json.dumps(out))
         return 0
-    result = measure(os.path.abspath(args.repo), train, args.events, args.eval_events)
+    result = measure(os.path.abspath(args.repo), train, args.events, args.eval_events, args.backend)
+    if args.backend == 'jax':
+        print_jax(args, result)
+    else:
+        print_numba(args, result)
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(dict(result=result, machine=compile_cost.machine(), repo=args.repo, backend=args.backend),
+                      f, indent=1)
+    return 0
+
+
+def print_jax(args, result):
+    import jax
+    print(f'Machine: {compile_cost.machine()}; JAX {jax.__version__} on the {jax.devices()[0].platform.upper()}; '
+          f'code of {args.repo}; quick-start configuration, 1 epoch on {args.events} events; fits in one process\n')
+    names = ['PyTensor: graph rewriting', 'PyTensor: graph to JAX functions'] + list(JAX_EVENTS.values())
+    print('| fit | ' + ' | '.join(names) + ' | rest | wall |\n|---' * 1 + '|---' * (len(names) + 2) + '|')
+    for r in result:
+        parts = [r['phases'].get(n, 0.0) for n in names]
+        print(f'| {r["fit"]} | ' + ' | '.join(f'{v:.2f}' for v in parts) +
+              f' | {r["wall"] - sum(parts):.2f} | {r["wall"]:.2f} |')
+
+
+def print_numba(args, result):
     print(f'Machine: {compile_cost.machine()}; Numba backend, one thread, empty cache; code of {args.repo}; '
           f'quick-start configuration, 1 epoch on {args.events} events, then evaluation on {args.eval_events}\n')
     stages = ('fit', 'evaluation')
@@ -170,10 +240,6 @@ def main():
         if 'LLVM: module passes' in row or 'LLVM: machine-code emission' in row:
             print(f'| {d} | {row.get("LLVM: module passes", 0.0):.1f} | '
                   f'{row.get("LLVM: machine-code emission", 0.0):.1f} |')
-    if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(dict(result, machine=compile_cost.machine(), repo=args.repo), f, indent=1)
-    return 0
 
 
 if __name__ == '__main__':

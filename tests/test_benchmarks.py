@@ -180,6 +180,25 @@ def test_compile_profile_phases_add_up_to_the_wall_time(tmp_path):
     assert 1 in out['depths'] and max(out['depths']) >= 2
 
 
+def test_compile_profile_on_jax_splits_a_new_batch_size_and_compiles_nothing_for_a_new_learning_rate(tmp_path):
+    pytest.importorskip('jax')
+    import json
+    import subprocess
+    train = tmp_path / 'train.tsv'
+    synthetic_sessions(40, 900, seed=3).to_csv(train, sep='\t', index=False)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, 'benchmarks', 'compile_profile.py'), str(train),
+                        '--backend', 'jax', '--events', '400', '--out', str(tmp_path / 'jax.json')],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '| batch_size 48 |' in r.stdout and '| XLA: compile |' in r.stdout
+    fits = json.loads((tmp_path / 'jax.json').read_text())['result']
+    assert [f['fit'] for f in fits] == ['batch_size 32', 'batch_size 48', 'batch_size 32, learning_rate 0.1']
+    first, new_width, new_lr = (f['phases'] for f in fits)
+    assert first['XLA: compile'] > 0 and new_width['XLA: compile'] > 0 and new_width['PyTensor: graph rewriting'] > 0
+    assert new_lr.get('XLA: compile', 0) == 0 and new_lr.get('PyTensor: graph rewriting', 0) == 0
+
+
 def test_same_numbers_compare_reports_the_first_differing_step(tmp_path, capsys):
     """same_numbers.py --compare: equal records pass; a step cost that differs in its last bits fails and names
     the step and the relative difference, though every epoch loss and metric is equal."""
