@@ -124,3 +124,39 @@ def test_same_results_as_numbas_eager_path_cold_and_from_either_cache(tmp_path):
     for cache, eager_flag in ((tmp_path / 'lazy', False), (tmp_path / 'lazy', True), (tmp_path / 'eager', False)):
         again = run_graph(cache, eager=eager_flag)
         assert again['h'] == eager['h'] and again['s'] == eager['s'] and again['error'] == eager['error']
+
+
+def test_other_numba_features_still_work_in_the_process():
+    # the change is process-wide once a Numba model is compiled: a user's own Numba code after it
+    from numba import cfunc, objmode, prange, types, vectorize
+
+    @numba.njit(parallel=True)
+    def doubled_sum(a):
+        s = 0.0
+        for i in prange(a.shape[0]):
+            s += a[i] * 2
+        return s
+
+    @vectorize(['float64(float64, float64)'])
+    def axpy(x, y):
+        return x + 2 * y
+
+    @cfunc(types.float64(types.float64))
+    def triple(x):
+        return x * 3
+
+    @numba.njit
+    def via_python(x):
+        with objmode(y='float64'):
+            y = float(np.sum(x))
+        return y
+
+    @numba.njit
+    def fib(n):
+        return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+    assert doubled_sum(np.arange(1000.0)) == 999000.0
+    assert axpy(np.ones(3), np.ones(3)).tolist() == [3.0, 3.0, 3.0]
+    assert triple.ctypes(2.0) == 6.0
+    assert via_python(np.ones(5)) == 5.0
+    assert fib(15) == 610
