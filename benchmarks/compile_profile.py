@@ -1,6 +1,7 @@
-"""Where a cold compile of the quick-start configuration spends its time (Numba backend).
+"""Where a cold compile of the quick-start configuration spends its time (Numba; --backend jax: a new batch size).
 
-    python benchmarks/compile_profile.py TRAIN [--events N] [--eval-events N] [--repo DIR] [--out FILE.json]
+    python benchmarks/compile_profile.py TRAIN [--events N] [--eval-events N] [--repo DIR] [--backend numba|jax]
+                                               [--out FILE.json]
 
 Runs, in a child process with an empty PyTensor/Numba cache folder and one thread, a 1-epoch fit of the
 quick-start configuration (param_samples/rsc15_cross-entropy_logq.py) on the first N events of TRAIN (default
@@ -12,7 +13,8 @@ type inference runs is counted in its own phases, not in the caller's), so the r
   for Numba (`NumbaLinker.fgraph_convert`);
 * Numba: type inference, lowering to LLVM IR, LLVM function passes, linking the modules of the functions a
   function calls into its own, LLVM module passes, machine-code emission, cache writes and reads, the rest
-  of Numba's pipeline;
+  of Numba's pipeline; "other" is everything outside these (reading the data, building the graph and its
+  gradient, training, evaluating);
 * module passes and emission again by nesting depth (depth 1: a function called from Python; depth k: a
   function compiled while k-1 others were being compiled). With Numba's eager path (GRU4REC_NUMBA_EAGER=1)
   every depth re-optimises and re-emits the code linked into it; with _numba_link it happens at depth 1.
@@ -175,7 +177,7 @@ def measure(repo, train, events, eval_events, backend='numba'):
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo)
     if r.returncode != 0:
         sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
-        raise SystemExit(f'the profile of {repo} failed (exit code {r.returncode})')
+        raise SystemExit(f'ERROR. the profiled run failed (exit code {r.returncode}; its output is above)')
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -185,8 +187,9 @@ def main():
     ap.add_argument('--events', type=int, default=3000, help='events of TRAIN to fit on (default 3000)')
     ap.add_argument('--eval-events', type=int, default=1000, help='events to evaluate on (default 1000)')
     ap.add_argument('--repo', default=HERE, help='the checkout whose code to profile (default: this one)')
-    ap.add_argument('--backend', default='numba', choices=('numba', 'jax'))
-    ap.add_argument('--out', metavar='FILE.json')
+    ap.add_argument('--backend', default='numba', choices=('numba', 'jax'),
+                    help='numba (default): a cold compile; jax: what a new batch size compiles')
+    ap.add_argument('--out', metavar='FILE.json', help='also write the numbers as JSON')
     ap.add_argument('--child', metavar='REPO', help=argparse.SUPPRESS)
     args = ap.parse_args()
     train = os.path.abspath(args.train)
@@ -195,6 +198,13 @@ def main():
                child(args.child, train, args.events, args.eval_events))
         print('\n' + json.dumps(out))
         return 0
+    problem = (f'the training file does not exist: {args.train}' if not os.path.isfile(train) else
+               f'--repo is not a GRU4Rec checkout (no gru4rec.py): {args.repo}'
+               if not os.path.isfile(os.path.join(args.repo, 'gru4rec.py')) else
+               '--events and --eval-events must be at least 100' if min(args.events, args.eval_events) < 100 else None)
+    if problem:
+        print(f'ERROR. {problem}', file=sys.stderr)
+        return 2
     result = measure(os.path.abspath(args.repo), train, args.events, args.eval_events, args.backend)
     if args.backend == 'jax':
         print_jax(args, result)
@@ -229,7 +239,8 @@ def print_numba(args, result):
     for p in phases:
         print(f'| {p} | ' + ' | '.join(f'{result[s]["phases"].get(p, 0.0):.1f}' for s in stages) + ' |')
     print('| **wall** | ' + ' | '.join(f'**{result[s]["wall"]:.1f}**' for s in stages) + ' |')
-    print('| Numba compile requests (Dispatcher.compile calls) | ' + ' | '.join(str(result[s]['functions']) for s in stages) + ' |')
+    print('\nNumba compile requests (Dispatcher.compile calls, including ones answered by a compiled signature): '
+          + ', '.join(f'{s} {result[s]["functions"]}' for s in stages))
     print('\nLLVM module passes and emission by compile depth (fit, seconds):\n')
     print('| depth | module passes | emission |\n|---|---|---|')
     depth = collections.defaultdict(dict)
@@ -237,7 +248,7 @@ def print_numba(args, result):
         depth[d][phase] = secs
     for d in sorted(depth):
         row = depth[d]
-        if 'LLVM: module passes' in row or 'LLVM: machine-code emission' in row:
+        if row.get('LLVM: module passes', 0.0) + row.get('LLVM: machine-code emission', 0.0) >= 0.05:
             print(f'| {d} | {row.get("LLVM: module passes", 0.0):.1f} | '
                   f'{row.get("LLVM: machine-code emission", 0.0):.1f} |')
 

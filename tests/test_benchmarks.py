@@ -180,6 +180,21 @@ def test_compile_profile_phases_add_up_to_the_wall_time(tmp_path):
     assert 1 in out['depths'] and max(out['depths']) >= 2
 
 
+@pytest.mark.parametrize('args, message', [
+    (['missing.tsv'], 'the training file does not exist: missing.tsv'),
+    (['TRAIN', '--repo', 'nowhere'], '--repo is not a GRU4Rec checkout (no gru4rec.py): nowhere'),
+    (['TRAIN', '--events', '5'], '--events and --eval-events must be at least 100')])
+def test_compile_profile_bad_input_is_one_error_line(tmp_path, args, message):
+    import subprocess
+    train = tmp_path / 'train.tsv'
+    train.write_text('SessionId\tItemId\tTime\n')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, 'benchmarks', 'compile_profile.py')] +
+                       [str(train) if a == 'TRAIN' else a for a in args], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f'ERROR. {message}'] and not r.stdout
+
+
 def test_compile_profile_on_jax_splits_a_new_batch_size_and_compiles_nothing_for_a_new_learning_rate(tmp_path):
     pytest.importorskip('jax')
     import json
