@@ -16,6 +16,10 @@ PyTensor's Numba cache):
 * 10 trials: ten fits in one process with other learning rates, momenta and logQ strengths (what a paropt
   study whose trials share the structure runs), on that cache; their sum, the first, and the number of
   compiles the process made (_training.compile_count);
+* paropt: real paropt.py studies (1 epoch per trial, a space of learning rate, momentum and logQ, the same
+  events as training and validation data, no final run), one of 1 trial and one of 10 trials, each on an empty
+  cache folder; the compile time is the time spent in PyTensor's rewriting and Numba's/LLVM's phases
+  (compile_profile.PhaseClock), which issue 19 wants within 1.2x of one trial's for the whole study;
 * cold at --old-repo (e.g. a `git worktree add /tmp/cbc cbc96da` checkout): the same cold fit with that
   checkout's code, measured in the same run for a fair comparison.
 
@@ -65,6 +69,52 @@ def child(repo, train, events, backend, fits):
     return {'seconds': seconds, 'compiles': training.compile_count() if hasattr(training, 'compile_count') else None}
 
 
+SPACE = [dict(name='learning_rate', dtype='float', values=[0.05, 0.3]),
+         dict(name='momentum', dtype='float', values=[0.0, 0.5]),
+         dict(name='logq', dtype='float', values=[0.3, 1.0])]
+
+
+def paropt_child(repo, data, trials, backend, tmp):
+    """In the child process: a paropt study of `trials` trials; its wall time and the seconds spent compiling."""
+    sys.path.insert(0, repo)
+    import compile_profile
+    clock = compile_profile.PhaseClock()
+    clock.install()
+    import contextlib
+    import io
+    import paropt
+    space = os.path.join(tmp, 'space.json')
+    with open(space, 'w') as f:
+        f.write('\n'.join(json.dumps(d) for d in SPACE) + '\n')
+    fixed = ','.join(f'{k}={"/".join(map(str, v)) if isinstance(v, list) else v}'   # (n_epochs=1)
+                     for k, v in quick_start_params().items() if k not in ('learning_rate', 'momentum', 'logq'))
+    t0 = time.time()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        rc = paropt.main([data, data, '-opf', space, '-fp', fixed, '-nt', str(trials), '-fm',
+                          '--storage', os.path.join(tmp, 'study.sqlite'), '-o', os.path.join(tmp, 'best.py'),
+                          '--backend', backend])
+    wall = time.time() - t0
+    clock.close()
+    if rc != 0:
+        raise SystemExit(f'paropt exited with {rc}')
+    return {'wall': wall, 'compile': sum(v for k, v in clock.seconds.items() if k != 'other')}
+
+
+def measure_paropt(repo, cachedir, train, events, backend, trials):
+    import pandas as pd
+    os.makedirs(cachedir, exist_ok=True)
+    data = os.path.join(cachedir, 'events.tsv')
+    pd.read_csv(train, sep='\t', dtype={'ItemId': str}, nrows=events).to_csv(data, sep='\t', index=False)
+    env = dict(os.environ, **ONE_THREAD, PYTENSOR_FLAGS=f'base_compiledir={cachedir}')
+    cmd = [sys.executable, os.path.abspath(__file__), train, '--child', repo, '--backend', backend,
+           '--paropt', json.dumps([data, trials, cachedir])]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo)
+    if r.returncode != 0:
+        sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
+        raise SystemExit(f'the paropt measurement failed (exit code {r.returncode})')
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def measure(repo, cachedir, train, events, backend, fits):
     env = dict(os.environ, **ONE_THREAD, PYTENSOR_FLAGS=f'base_compiledir={cachedir}')
     cmd = [sys.executable, os.path.abspath(__file__), train, '--child', repo, '--events', str(events),
@@ -89,8 +139,14 @@ def main():
     ap.add_argument('--out', metavar='FILE.json')
     ap.add_argument('--child', metavar='REPO', help=argparse.SUPPRESS)
     ap.add_argument('--fits', help=argparse.SUPPRESS)
+    ap.add_argument('--paropt', help=argparse.SUPPRESS)
     args = ap.parse_args()
     train = os.path.abspath(args.train)
+    if args.child and args.paropt:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # compile_profile
+        data, trials, tmp = json.loads(args.paropt)
+        print('\n' + json.dumps(paropt_child(args.child, data, trials, args.backend, tmp)))
+        return 0
     if args.child:
         print('\n' + json.dumps(child(args.child, train, args.events, args.backend, json.loads(args.fits))))
         return 0
@@ -114,6 +170,13 @@ def main():
         rows.append(('10 trials in one process: all fits', sum(trials['seconds'])))
         rows.append(('10 trials: first fit', trials['seconds'][0]))
         rows.append(('10 trials: each later fit (mean)', sum(trials['seconds'][1:]) / 9))
+        studies = {n: measure_paropt(HERE, os.path.join(tmp, f'paropt{n}'), train, args.events, args.backend, n)
+                   for n in (1, 10)}
+        numbers['paropt'] = studies
+        for n in (1, 10):
+            rows.append((f'paropt study of {n} trial{"s" if n > 1 else ""} (empty cache): compile time',
+                         studies[n]['compile']))
+            rows.append((f'paropt study of {n} trial{"s" if n > 1 else ""}: wall time', studies[n]['wall']))
         if args.old_repo:
             old = measure(os.path.abspath(args.old_repo), os.path.join(tmp, 'old_cache'), train, args.events,
                           args.backend, base)

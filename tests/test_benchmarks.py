@@ -114,8 +114,8 @@ def test_jax_parts_prints_a_row_per_catalogue_and_the_method_gpu_ops_picks():
 
 @pytest.mark.slow
 def test_compile_cost_prints_its_table_and_one_compile_for_ten_trials(tmp_path):
-    """compile_cost.py on the python backend (fast compiles): every row of the table, and the 10 trials that
-    differ only in continuous values compile one training step."""
+    """compile_cost.py on the python backend (fast compiles): every row of the table, the 10 trials that
+    differ only in continuous values compile one training step, and the paropt studies' compile times."""
     import json
     import subprocess
     train = tmp_path / 'train.tsv'
@@ -130,6 +130,11 @@ def test_compile_cost_prints_its_table_and_one_compile_for_ten_trials(tmp_path):
         assert f'| {row}' in r.stdout
     cost = json.loads((tmp_path / 'cost.json').read_text())
     assert cost['trials']['compiles'] == 1 and len(cost['trials']['seconds']) == 10
+    # the real paropt studies: compile seconds measured, and the 10-trial one compiles about what one trial does
+    for n in (1, 10):
+        assert f'| paropt study of {n} trial' in r.stdout
+        assert 0 < cost['paropt'][str(n)]['compile'] < cost['paropt'][str(n)]['wall']
+    assert cost['paropt']['10']['compile'] < 3 * cost['paropt']['1']['compile']
 
 
 PHASES = r"""
