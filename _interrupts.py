@@ -22,6 +22,7 @@ Standard library only: the command lines use it before numpy or PyTensor are imp
 """
 import _thread
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -69,7 +70,8 @@ def handle(signum, frame):
 
 @contextlib.contextmanager
 def handled():
-    """Install handle() for SIGINT and SIGTERM, and the quiet hook of unraisable exceptions; restore both
+    """Install handle() for SIGINT and SIGTERM, and the quiet hook of unraisable exceptions (after a signal
+    none is printed; one that carries the interruption delivers it again to the main thread); restore both
     afterwards (a command line's main() may run inside another program). A signal the process was started
     to ignore (SIG_IGN, e.g. SIGINT for a background job of a script) stays ignored. Outside the main thread,
     where Python cannot set handlers, the default Ctrl-C behaviour stays (reason() takes KeyboardInterrupt).
@@ -80,10 +82,13 @@ def handled():
     previous_hook = sys.unraisablehook
 
     def hook(unraisable):
-        if state.signum is None or not wraps_interrupt(unraisable.exc_value):
+        if state.signum is None:
             previous_hook(unraisable)
-        elif not state.resending:
-            resend_later(state)
+        elif wraps_interrupt(unraisable.exc_value):
+            if not state.resending:
+                resend_later(state)
+        # else dropped: after a signal, an object whose construction it cut short (e.g. a zipfile.ZipFile
+        # interrupted in its __init__ while a model loads) can fail in its finaliser; the run ends with one line
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -215,4 +220,11 @@ def run_main(body, errors, report_error, interrupted_line, cleanup=None):
             exiting(reported=True)
             if cleanup is not None:
                 cleanup()
+            # objects the signal cut short live in the traceback's frames (often in a cycle): collect them now,
+            # while handled()'s hook keeps their failing finalisers quiet, not at exit
+            seen = set()
+            while e is not None and id(e) not in seen:   # the whole chain (stop may be e itself)
+                seen.add(id(e))
+                e.__traceback__, e = None, e.__cause__ or e.__context__
+            gc.collect()
             return stop.exit_code
