@@ -105,25 +105,25 @@ def measure_paropt(repo, cachedir, train, events, backend, trials):
     os.makedirs(cachedir, exist_ok=True)
     data = os.path.join(cachedir, 'events.tsv')
     pd.read_csv(train, sep='\t', dtype={'ItemId': str}, nrows=events).to_csv(data, sep='\t', index=False)
-    env = dict(os.environ, **ONE_THREAD, PYTENSOR_FLAGS=f'base_compiledir={cachedir}')
-    cmd = [sys.executable, os.path.abspath(__file__), train, '--child', repo, '--backend', backend,
-           '--paropt', json.dumps([data, trials, cachedir])]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo)
+    return run_child(__file__, [train, '--child', repo, '--backend', backend, '--paropt',
+                                json.dumps([data, trials, cachedir])], cachedir, repo, 'the paropt measurement')
+
+
+def run_child(script, args, cachedir, repo, what, **env):
+    """Run `script args` in a child process with one thread and its own PyTensor cache folder (and `env`);
+    return the JSON of its last output line. A failure shows the child's output and ends the run."""
+    env = dict(os.environ, **ONE_THREAD, PYTENSOR_FLAGS=f'base_compiledir={cachedir}', **env)
+    r = subprocess.run([sys.executable, os.path.abspath(script)] + args, capture_output=True, text=True, env=env,
+                       cwd=repo)
     if r.returncode != 0:
         sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
-        raise SystemExit(f'the paropt measurement failed (exit code {r.returncode})')
+        raise SystemExit(f'{what} failed (exit code {r.returncode})')
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def measure(repo, cachedir, train, events, backend, fits):
-    env = dict(os.environ, **ONE_THREAD, PYTENSOR_FLAGS=f'base_compiledir={cachedir}')
-    cmd = [sys.executable, os.path.abspath(__file__), train, '--child', repo, '--events', str(events),
-           '--backend', backend, '--fits', json.dumps(fits)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo)
-    if r.returncode != 0:
-        sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
-        raise SystemExit(f'the measurement with {repo} failed (exit code {r.returncode})')
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_child(__file__, [train, '--child', repo, '--events', str(events), '--backend', backend, '--fits',
+                                json.dumps(fits)], cachedir, repo, f'the measurement with {repo}')
 
 
 def machine():

@@ -31,7 +31,6 @@ import argparse
 import collections
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -170,15 +169,9 @@ def jax_child(repo, train, events):
 
 def measure(repo, train, events, eval_events, backend='numba'):
     with tempfile.TemporaryDirectory(prefix='compile_profile_') as cache:
-        env = dict(os.environ, **compile_cost.ONE_THREAD, PYTENSOR_FLAGS=f'base_compiledir={cache}',
-                   NUMBA_CACHE_DIR=os.path.join(cache, 'numba'))
-        cmd = [sys.executable, os.path.abspath(__file__), train, '--child', repo, '--events', str(events),
-               '--eval-events', str(eval_events), '--backend', backend]
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo)
-    if r.returncode != 0:
-        sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
-        raise SystemExit(f'ERROR. the profiled run failed (exit code {r.returncode}; its output is above)')
-    return json.loads(r.stdout.strip().splitlines()[-1])
+        return compile_cost.run_child(__file__, [train, '--child', repo, '--events', str(events), '--eval-events',
+                                                 str(eval_events), '--backend', backend], cache, repo,
+                                      'ERROR. the profiled run', NUMBA_CACHE_DIR=os.path.join(cache, 'numba'))
 
 
 def main():
