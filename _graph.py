@@ -211,38 +211,34 @@ def layers_forward(p, w, first_input, H, noise=None, keep=((1.0, 1.0), (1.0, 1.0
     return out
 
 
-def training_step(p, w, noise, draws=None, logq=None, width=None, h=None, static=True):
+def training_step(p, w, noise, draws=None, logq=None, masked=False, h=None):
     """Symbolic training step. Returns (inputs, cost, new_states, dense_params, sparse) where sparse is a
     list of (shared weight, index vector, gathered rows) whose gradient is taken w.r.t. the rows.
 
     draws: None (the n_sample negatives are an input, after the M targets), or the _sampling.GraphSampler
     whose seed and CDF draw them, and the dropout noise, inside the graph from the step number S. logq: the
-    (targets', samples') log q vectors of the logQ correction (used if p.logq). width: None for a step of M
-    active slots, or the static width B of a fixed-width step (see _training) with one more input A, 1.0
-    for active slots; inactive slots point at the padding item row and neither add loss nor act as
-    negatives. (Static shapes: JAX needs them.) static=False leaves the width B and the number of negatives
-    out of the types (Numba: one compiled step for every batch_size and n_sample). h: the runtime
-    hyper-parameters (_hyper.Hyper); None: p's numbers as constants."""
-    masked = width is not None
-    static = masked and static
-
-    def vector(name, dtype, extra=0):   # length M (any) or width + extra (static)
-        return pt.tensor(name, dtype=dtype, shape=(width + extra if static else None,))
+    (targets', samples') log q vectors of the logQ correction (used if p.logq). masked: a fixed-width step
+    (see _training) with one more input A, 1.0 for active slots; inactive slots point at the padding item
+    row and neither add loss nor act as negatives. Neither the width M nor the number of negatives is in the
+    types: one compiled step serves every batch_size and n_sample (on JAX, XLA compiles each new shape once).
+    h: the runtime hyper-parameters (_hyper.Hyper); None: p's numbers as constants."""
+    def vector(name, dtype):
+        return pt.tensor(name, dtype=dtype, shape=(None,))
     X = vector('X', 'int32')                          # M input items
+    M = X.shape[0]
     if draws is not None:   # M targets; negatives and dropout noise of step S are drawn in the graph
         T, S = vector('Y', 'int32'), pt.scalar('S', dtype='uint32')
         Y = T
         if p.n_sample > 0:
-            Y = pt.concatenate([T, gpu_ops.sample_items(p.n_sample, draws.cdf_var, draws.seed_var, S)])
-        noise.hash_with(draws.seed_var, S)
+            Y = pt.concatenate([T, draws.negatives(S)])
+        noise.hash_with(draws.seed_var, S, M if masked else None)
         sample_inputs = [T, S]
     else:                   # M targets + n_sample negatives
-        Y = vector('Y', 'int32', p.n_sample)
+        Y = vector('Y', 'int32')
         sample_inputs = [Y]
     R = vector('R', FLOAT)                            # 1.0 where the target ends its session
     A = vector('A', FLOAT) if masked else None        # 1.0 for active slots (fixed-width steps only)
-    H = [pt.tensor(f'H{i}', dtype=FLOAT, shape=(width if static else None, u)) for i, u in enumerate(p.layers)]
-    M = width if static else X.shape[0]
+    H = [pt.tensor(f'H{i}', dtype=FLOAT, shape=(None, u)) for i, u in enumerate(p.layers)]
     dense, sparse, emb, onehot_rows, Wy_rows = item_rows(p, w, X, Y, M)
     By_rows = w['By'][Y]                               # K x 1
     sparse.append((w['By'], Y, By_rows))
@@ -254,7 +250,7 @@ def training_step(p, w, noise, draws=None, logq=None, width=None, h=None, static
                                                                                            logq[1][Y[M:]]])
     col_mask = None
     if masked:
-        col_mask = pt.concatenate([A, np.ones(p.n_sample, dtype=FLOAT) if static else pt.ones((Y.shape[0] - M,), dtype=FLOAT)])
+        col_mask = pt.concatenate([A, pt.ones((Y.shape[0] - M,), dtype=FLOAT)])
         if p.final_act in ('softmax', 'softmax_logit'):   # masked columns out of the normaliser
             scores = pt.switch(col_mask[None, :] > 0, scores, np.float32(-1e30))
     if h is None:

@@ -22,7 +22,7 @@ else:
 
 FLOAT = _ops_support.FLOAT
 __all__ = ['hash_uniforms', 'sample_from_cdf', 'GUIDE_MAX_BITS', 'cdf_guide', 'sample_from_guide', 'guided_search',
-           'SampleItems', 'sample_items', 'numba_guided_search', 'hash_uniform_rows', 'HashUniforms']
+           'SampleItems', 'draw_numbers', 'numba_guided_search', 'hash_uniform_rows', 'HashUniforms']
 
 
 def _lowbias32(x, xp):
@@ -47,15 +47,24 @@ def _keyed_uniforms(idx, key, xp):
     return (h >> xp.uint32(8)).astype(xp.float32) * xp.float32(2.0 ** -24)
 
 
+def draw_numbers(n, xp=np):
+    """The draw numbers of n draws, 0 .. n-1 (uint32); a vector of draw numbers (any integer dtype) as uint32."""
+    if isinstance(n, (int, np.integer)):
+        return xp.arange(n, dtype=xp.uint32)
+    return n.astype(xp.uint32)
+
+
 def hash_uniforms(seed, step, n, xp=np):
-    """n uniforms, a pure function of (seed, step): element j hashes j under the step's key."""
-    return _keyed_uniforms(xp.arange(n, dtype=xp.uint32), _step_key(seed, step, n, xp), xp)
+    """Uniforms, a pure function of (seed, step): element j hashes draw number j under the step's key. n: the
+    number of draws, or their draw numbers (draw_numbers)."""
+    numbers = draw_numbers(n, xp)
+    return _keyed_uniforms(numbers, _step_key(seed, step, numbers.shape[0], xp), xp)
 
 
 def sample_from_cdf(cdf, seed, step, n, xp=np):
-    """n item indices i with probability cdf[i] - cdf[i-1]: the first i with cdf[i] >= u (as the original's
-    CPU store; cdf is float32 like its GPU store's, last entry 1). The definition that SampleItems'
-    kernels reproduce."""
+    """Item indices i with probability cdf[i] - cdf[i-1]: the first i with cdf[i] >= u (as the original's
+    CPU store; cdf is float32 like its GPU store's, last entry 1), one per draw (n: their number, or their
+    draw numbers, see hash_uniforms). The definition that SampleItems' kernels reproduce."""
     idx = xp.searchsorted(cdf, hash_uniforms(seed, step, n, xp), side='left')
     return xp.minimum(idx, len(cdf) - 1).astype(xp.int32)
 
@@ -111,37 +120,31 @@ class _HashDraw(Op):
 
 
 class SampleItems(_HashDraw):
-    """(cdf: float32 vector, guide: int32 vector, seed: uint32 scalar, step: uint32 scalar) -> n int32 item
-    indices, sample_from_cdf's draw. guide and levels come from cdf_guide(cdf): the kernels search from
-    the guide (perform, the reference, does not need it). No gradient (the indices are integers; the scores
-    of the sampled items get theirs through the gathers)."""
-    __props__ = ('n', 'levels')
+    """(cdf: float32 vector, guide: int32 vector, seed: uint32 scalar, step: uint32 scalar, numbers: int32
+    vector) -> int32 item indices, one per draw number: sample_from_cdf's draw. The number of draws is the
+    length of `numbers` (0 .. n-1 for n draws; a shared variable, so a new n_sample is the same graph). guide
+    and levels come from cdf_guide(cdf): the kernels search from the guide (perform, the reference, does not
+    need it). No gradient (the indices are integers; the scores of the sampled items get theirs through the
+    gathers)."""
+    __props__ = ('levels',)
 
-    def __init__(self, n, levels):
-        self.n, self.levels = int(n), int(levels)
+    def __init__(self, levels):
+        self.levels = int(levels)
 
-    def make_node(self, cdf, guide, seed, step):
-        cdf, guide, seed, step = (pt.as_tensor_variable(v) for v in (cdf, guide, seed, step))
+    def make_node(self, cdf, guide, seed, step, numbers):
+        cdf, guide, seed, step, numbers = (pt.as_tensor_variable(v) for v in (cdf, guide, seed, step, numbers))
         if (cdf.ndim != 1 or cdf.dtype != FLOAT or guide.ndim != 1 or guide.dtype != 'int32' or seed.ndim or step.ndim
-                or seed.dtype != 'uint32' or step.dtype != 'uint32'):
+                or seed.dtype != 'uint32' or step.dtype != 'uint32' or numbers.ndim != 1 or numbers.dtype != 'int32'):
             raise TypeError('SampleItems takes (cdf: float32 vector, guide: int32 vector, seed: uint32 scalar, '
-                            'step: uint32 scalar)')
-        return Apply(self, [cdf, guide, seed, step], [pt.tensor(dtype='int32', shape=(self.n,))])
+                            'step: uint32 scalar, numbers: int32 vector)')
+        return Apply(self, [cdf, guide, seed, step, numbers], [pt.tensor(dtype='int32', shape=numbers.type.shape)])
 
     def infer_shape(self, node, shapes):
-        return [(self.n,)]
+        return [shapes[4]]
 
     def perform(self, node, inputs, outputs):
-        cdf, _, seed, step = inputs
-        outputs[0][0] = sample_from_cdf(cdf, np.uint32(seed), np.uint32(step), self.n)
-
-
-def sample_items(n, cdf, seed, step):
-    """SampleItems(n) of a float32 CDF held in a shared variable: its guide becomes a shared variable beside
-    it (on the device with it). Returns the n indices' variable."""
-    import pytensor
-    guide, levels = cdf_guide(cdf.get_value(borrow=True))
-    return SampleItems(n, levels)(cdf, pytensor.shared(guide, name=f'{cdf.name or "cdf"}_guide'), seed, step)
+        cdf, _, seed, step, numbers = inputs
+        outputs[0][0] = sample_from_cdf(cdf, np.uint32(seed), np.uint32(step), numbers)
 
 
 @functools.cache
@@ -201,31 +204,31 @@ def _numba_sample_kernel():
     lowbias32, search_one = _numba_lowbias32(), _numba_bucket_search()
 
     @_ops_support.njit(nogil=True)
-    def kernel(cdf, guide, seed, step, n):
+    def kernel(cdf, guide, seed, step, numbers):
         key = lowbias32((np.uint64(step) * np.uint64(0x9e3779b9) + np.uint64(seed)) & M)
-        out = np.empty(n, dtype=np.int32)
-        for j in range(n):
-            h = lowbias32((lowbias32(np.uint64(j) ^ key) + key) & M)
+        out = np.empty(len(numbers), dtype=np.int32)
+        for j in range(len(numbers)):
+            h = lowbias32((lowbias32((np.uint64(numbers[j]) & M) ^ key) + key) & M)
             out[j] = search_one(cdf, guide, np.float32(h >> np.uint64(8)) * np.float32(2.0 ** -24))
         return out
     return kernel
 
 
 def numba_sample_items(op, node=None, **kwargs):
-    kernel, n = _numba_sample_kernel(), op.n
+    kernel = _numba_sample_kernel()
 
     @_ops_support.njit(pytensor=True)
-    def sample_items_(cdf, guide, seed, step):
-        return kernel(cdf, guide, seed.item(), step.item(), n)   # PyTensor passes scalars as 0-d arrays
+    def sample_items_(cdf, guide, seed, step, numbers):
+        return kernel(cdf, guide, seed.item(), step.item(), numbers)   # PyTensor passes scalars as 0-d arrays
     return sample_items_, _ops_support.source_salt(__name__)
 
 
 def jax_sample_items(op, node=None, **kwargs):
     import jax.numpy as jnp
-    n, levels = op.n, op.levels
+    levels = op.levels
 
-    def sample_items_(cdf, guide, seed, step):
-        return sample_from_guide(cdf, guide, levels, seed, step, n, jnp)
+    def sample_items_(cdf, guide, seed, step, numbers):
+        return sample_from_guide(cdf, guide, levels, seed, step, numbers, jnp)
     return sample_items_
 
 

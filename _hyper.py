@@ -15,9 +15,9 @@ The dropout keep probabilities (1 - p; a keep of 1, no dropout, is structure) an
 scalars too. Dropout multiplies by the keep's float32 reciprocal (computed here), as PyTensor had rewritten the
 division by a constant; the cost is divided by the batch size, which keeps the forms PyTensor gives the
 loss's gradient as they were with the constant (a power-of-two batch size gives the same bits; multiplying by
-a reciprocal did not). With the width of the minibatch and the number of negatives free in the graph (dynamic
-shapes: Numba or python with host-drawn negatives, see _training.static_shapes), a new batch_size or
-n_sample is not a new graph either.
+a reciprocal did not). The width of the minibatch and the number of negatives are free in the graph (dynamic
+shapes, _graph.training_step), so a new batch_size or n_sample is not a new graph either (on JAX, XLA compiles
+each new shape; PyTensor's graph is the same).
 
 selu's two parameters stay constants (structure): the canonicalizer folds them into the gradient (l * a, and
 the switch it pushes the product into), and as runtime scalars the step costs drifted from the old ones by
@@ -60,13 +60,13 @@ RUNTIME_ACTIVATIONS = ('elu', 'leaky')   # whose parameter is a runtime scalar (
 def structure(p):
     """The parameters with every runtime hyper-parameter replaced by whether it is zero (a keep probability: one),
     and n_sample by whether it is positive: equal for two parameter sets exactly when their training graphs with
-    dynamic shapes are the same (with static shapes, the width and n_sample are part of the key too)."""
+    dynamic shapes are the same."""
     d = p.as_dict()
     for k in ('learning_rate', 'momentum', 'lmbd', 'adapt_params', 'bpreg', 'logq', 'smoothing', 'grad_cap',
               'n_epochs', 'seed', 'sample_alpha', 'sigma', 'init_as_normal', 'train_random_order', 'time_sort',
               'rng', 'session_key', 'item_key', 'time_key', 'dropout_p_embed', 'dropout_p_hidden', 'batch_size'):
         d.pop(k)
-    d['n_sample'] = d['n_sample'] > 0   # the number itself is a static shape only where _training says so
+    d['n_sample'] = d['n_sample'] > 0   # the number itself is a dynamic shape
     for k, final in (('hidden_act', False), ('final_act', True)):
         if (kind := _params.activation_spec(d[k], final)[0]) in RUNTIME_ACTIVATIONS:
             d[k] = kind

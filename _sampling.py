@@ -24,17 +24,41 @@ class GraphSampler:
     """store_type='gpu': the negatives (gpu_ops.SampleItems) and the dropout noise (gpu_ops.HashUniforms)
     are drawn inside the compiled step from (seed, step number); the host only numbers the steps (one
     counter over all epochs, as the original's store pointer, so a resumed run continues the same draws).
-    seed_var and cdf_var (None without negatives) are the shared variables the graph draws from."""
+
+    The graph reads shared variables (`variables`, so a compiled step can take another run's values): the seed;
+    with negatives the CDF, its guide (gpu_ops.cdf_guide; `levels`, its search steps, is part of the graph)
+    and the draw numbers 0 .. n_sample-1 (their number is the number of negatives)."""
     kind = 'gpu'
+    NAMES = ('seed_var', 'cdf_var', 'guide_var', 'numbers_var')
 
     def __init__(self, rng, support, alpha, n_sample):
         self.seed, self.step = rng.integers(2 ** 32, dtype=np.uint32), 0
+        self.seed_var = pytensor.shared(self.seed, name='sample_seed')
+        self.cdf_var = self.guide_var = self.numbers_var = self.levels = None
         if n_sample > 0:
             print('Negative samples are drawn inside the training step (type=GPU)')
-        self.seed_var = pytensor.shared(self.seed, name='sample_seed')
-        self.cdf_var = None
-        if n_sample > 0:
-            self.cdf_var = pytensor.shared(sampling_cdf(support, alpha).astype(_graph.FLOAT), name='cdf')
+            cdf = sampling_cdf(support, alpha).astype(_graph.FLOAT)
+            guide, self.levels = gpu_ops.cdf_guide(cdf)
+            self.cdf_var = pytensor.shared(cdf, name='cdf', shape=(None,))
+            self.guide_var = pytensor.shared(guide, name='cdf_guide', shape=(None,))
+            self.numbers_var = pytensor.shared(gpu_ops.draw_numbers(n_sample).astype(np.int32), name='draw_numbers',
+                                               shape=(None,))
+
+    def negatives(self, step):
+        """The symbolic negatives of step number `step` (a uint32 scalar)."""
+        return gpu_ops.SampleItems(self.levels)(self.cdf_var, self.guide_var, self.seed_var, step, self.numbers_var)
+
+    @property
+    def variables(self):
+        """The shared variables the graph reads (None where there are no negatives), in NAMES' order."""
+        return [getattr(self, name) for name in self.NAMES]
+
+    def adopt(self, variables):
+        """Draw through another sampler's shared variables (a compiled step's): they take this one's values."""
+        for name, var in zip(self.NAMES, variables):
+            if var is not None:
+                var.set_value(getattr(self, name).get_value(borrow=True))
+            setattr(self, name, var)
 
     def inputs(self, targets):
         """The step's target and sample inputs: targets and the step number."""
@@ -148,28 +172,26 @@ class NoiseInputs:
     hash_with(seed, step), drawn inside the graph by gpu_ops.HashUniforms per session slot (store_type='gpu':
     nothing to generate or send per step). step_values() gives the loop's values for `inputs`."""
 
-    def __init__(self, rows=None, static=True):
-        self.inputs, self.widths, self.rows = [], [], rows   # rows: M of fixed-width steps, or None
-        self.static = static and rows is not None           # rows in the inputs' type (else any)
+    def __init__(self):
+        self.inputs, self.widths = [], []
         self.hashed = None
 
-    def hash_with(self, seed, step):
-        """Draw in the graph from (seed, step): fixed-width steps hash slot = row; per-step graphs take the
-        active slots' ids as an input, so both give a slot the same noise."""
-        if self.rows is not None and not self.static:
-            raise ValueError('in-graph noise of fixed-width steps needs their static width')
-        slots = (pt.tensor('slots', dtype='int32', shape=(None,)) if self.rows is None
-                 else pt.as_tensor_variable(np.arange(self.rows, dtype=np.int32)))
-        self.hashed = (seed, step, slots)
+    def hash_with(self, seed, step, rows=None):
+        """Draw in the graph from (seed, step). rows: the number of rows of fixed-width steps (symbolic), whose
+        slot is the row; per-step graphs (rows None) take the active slots' ids as an input, so both give a
+        slot the same noise."""
+        slots = pt.tensor('slots', dtype='int32', shape=(None,)) if rows is None else pt.arange(rows, dtype='int32')
+        self.hashed = (seed, step, slots, rows is None)
 
     def uniform(self, width):
+        """Uniform noise (M x width) for one dropout mask."""
         self.widths.append(width)
         if self.hashed is not None:
-            seed, step, slots = self.hashed
-            if self.rows is None and not self.inputs:
+            seed, step, slots, slots_input = self.hashed
+            if slots_input and not self.inputs:
                 self.inputs.append(slots)
             return gpu_ops.HashUniforms(width, len(self.widths))(seed, step, slots)
-        self.inputs.append(pt.tensor(f'U{len(self.inputs)}', dtype=_graph.FLOAT, shape=(self.rows if self.static else None, None)))
+        self.inputs.append(pt.tensor(f'U{len(self.inputs)}', dtype=_graph.FLOAT, shape=(None, None)))
         return self.inputs[-1]
 
     def step_values(self, rng, active, width=None):

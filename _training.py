@@ -4,7 +4,6 @@ order, fresh weights, the sampler, random streams, checkpoints, and the epoch lo
 
 GRU4Rec.fit drives a TrainingRun epoch by epoch and keeps what it learns (weights, epoch statistics).
 """
-import functools
 import math
 import os
 import time
@@ -36,7 +35,8 @@ def fit_options(p, sample_store, store_type, checkpoint_dir, resume, chunk):
     backend = p.backend_in_use
     chunk = custom_opt.CHUNK_BY_DEFAULT[backend] if chunk is None else _params.to_int_arg(chunk, 'chunk')
     if chunk == 0 and backend == 'jax':
-        raise GRU4RecError('The JAX backend trains in chunks only (static shapes): use chunk > 0')
+        raise GRU4RecError('The JAX backend trains in chunks only (XLA would compile every shrinking minibatch '
+                           'width anew): use chunk > 0')
     if store_type is None:
         store_type = 'cpu' if p.rng == 'original' else custom_opt.STORE_BY_DEFAULT[backend]
     if store_type not in ('gpu', 'cpu'):
@@ -138,12 +138,12 @@ def logq_arrays(p, item_support):
 StepGraph = namedtuple('StepGraph', 'inputs cost new_H updates noise opt_states item_vars hyper')
 
 
-def step_graph(p, weights, logq, draws=None, width=None, sink=None, static=True):
+def step_graph(p, weights, logq, draws=None, masked=False, sink=None):
     """The symbolic training step (_graph.training_step) with its updates (_optim.updates), the noise inputs
     it reads, its optimiser states (Adagrad accumulators, velocities, ...), its item-indexed variables and its
-    runtime hyper-parameters (_hyper.Hyper). static: the width of fixed-width steps and n_sample in the types."""
-    noise, hyper = _sampling.NoiseInputs(width, static), _hyper.Hyper(p)
-    inputs, cost, new_H, dense, sparse = _graph.training_step(p, weights, noise, draws, logq, width, hyper, static)
+    runtime hyper-parameters (_hyper.Hyper). masked: fixed-width steps (chunked training)."""
+    noise, hyper = _sampling.NoiseInputs(), _hyper.Hyper(p)
+    inputs, cost, new_H, dense, sparse = _graph.training_step(p, weights, noise, draws, logq, masked, hyper)
     updates, item_vars = _optim.updates(p, cost, dense, sparse, sink=sink, h=hyper)
     trained = set(weights.values())
     return StepGraph(inputs, cost, new_H, updates, noise, [v for v in updates if v not in trained], item_vars,
@@ -158,15 +158,14 @@ def compile_per_step(p, weights, logq, mode, draws=None):
     return fn, g
 
 
-def compile_chunked(p, weights, logq, mode, draws, width, sink, static_k, static_width):
-    """Training K minibatches per call: a scan over fixed-width masked steps (_graph.training_step with a
-    width). Returns (compiled, StepGraph); compiled(K) is the function for K steps, with inputs the per-step
-    sequences of the step inputs (X, Y, [S,] R, A: K x B, or K x (B + n_sample) for Y with host negatives;
-    host noise K x B x width) and the initial states H (B x L_i), and outputs the K costs and the final
-    states. Numba compiles one function for any K; JAX (static_k: static shapes) one per K: the full chunk
-    and the shorter last chunk of an epoch. static_width: B and n_sample in the types (else one function
-    serves every width and number of negatives). mode: a function returning the compile mode."""
-    g = step_graph(p, weights, logq, draws, width, sink, static_width)
+def compile_chunked(p, weights, logq, mode, draws, sink):
+    """Training K minibatches per call: a scan over fixed-width masked steps (_graph.training_step, masked).
+    Returns (f, StepGraph); f has as inputs the per-step sequences of the step inputs (X, Y, [S,] R, A:
+    K x B, or K x (B + n_sample) for Y with host negatives; host noise K x B x width) and the initial states
+    H (B x L_i), and as outputs the K costs and the final states. One function for any K, B and n_sample (JAX
+    traces and XLA compiles each new combination of shapes once: the full chunk and an epoch's shorter last
+    one). mode: a function returning the compile mode."""
+    g = step_graph(p, weights, logq, draws, True, sink)
     n_seq = len(g.inputs) - len(p.layers)
     targets = list(g.updates)
 
@@ -174,20 +173,17 @@ def compile_chunked(p, weights, logq, mode, draws, width, sink, static_k, static
         prev = dict(zip(g.inputs + targets, args))
         return clone_replace([g.cost] + g.new_H + [g.updates[t] for t in targets], replace=prev)
 
-    @functools.cache
-    def compiled(steps):
-        seqs = [pt.tensor(name=f'{v.name}_seq', dtype=v.dtype, shape=(steps,) + v.type.shape) for v in g.inputs[:n_seq]]
-        H0 = [pt.tensor(f'H{i}_init', dtype=FLOAT, shape=h.type.shape) for i, h in enumerate(g.inputs[n_seq:])]
-        # weights and optimiser states are carried through the scan and written back once per call
-        results = pytensor.scan(step, sequences=seqs, outputs_info=[None] + H0 + targets, return_list=True,
-                                return_updates=False)
-        last = [r[-1] for r in results[1:]]
-        fn = pytensor.function(seqs + H0, [results[0]] + last[:len(H0)], updates=list(zip(targets, last[len(H0):])),
-                               mode=mode())
-        fn.trust_input = True
-        return fn
-
-    return (lambda k: compiled(k if static_k else None)), g
+    seqs = [pt.tensor(name=f'{v.name}_seq', dtype=v.dtype, shape=(None,) + v.type.shape) for v in g.inputs[:n_seq]]
+    H0 = [pt.tensor(f'H{i}_init', dtype=FLOAT, shape=h.type.shape) for i, h in enumerate(g.inputs[n_seq:])]
+    # weights and optimiser states are carried through the scan and written back once per call
+    # (the length named: with dynamic K, PyTensor would take the minimum over the sequences, not static on JAX)
+    results = pytensor.scan(step, sequences=seqs, outputs_info=[None] + H0 + targets, n_steps=seqs[0].shape[0],
+                            return_list=True, return_updates=False)
+    last = [r[-1] for r in results[1:]]
+    fn = pytensor.function(seqs + H0, [results[0]] + last[:len(H0)], updates=list(zip(targets, last[len(H0):])),
+                           mode=mode())
+    fn.trust_input = True
+    return fn, g
 
 
 # --- compiled steps shared by the fits of a process ------------------------------------------------------
@@ -200,7 +196,7 @@ class CompiledStep:
 
     def __init__(self, key, fn, graph, weights, logq, draws):
         self.key, self.fn, self.graph, self.weights, self.logq = key, fn, graph, weights, logq
-        self.draw_vars = (draws.seed_var, draws.cdf_var) if draws is not None else (None, None)
+        self.draw_vars = draws.variables if draws is not None else None
 
     def load(self, p, arrays, logq_arrays, draws):
         """Start a new fit: fresh weights, zero optimiser states, p's hyper-parameters, the sampler's values."""
@@ -210,10 +206,7 @@ class CompiledStep:
             var.set_value(np.zeros_like(arrays[w.name]))
         self.graph.hyper.set(p)
         if draws is not None:   # the sampler draws through the variables the step was compiled with
-            for name, var in zip(('seed_var', 'cdf_var'), self.draw_vars):
-                if var is not None:
-                    var.set_value(getattr(draws, name).get_value(borrow=True))
-                setattr(draws, name, var)
+            draws.adopt(self.draw_vars)
 
     def state_weights(self):
         """The weight each optimiser state belongs to (its name is the weight's + '_state')."""
@@ -235,19 +228,13 @@ def mode_key(mode):
     return (type(mode.linker), frozenset(q.include), frozenset(q.exclude), frozenset(q.require))
 
 
-def static_shapes(options):
-    """Whether the training step has the minibatch width and n_sample in its types: on JAX (XLA compiles static
-    shapes) and with negatives and noise drawn in the graph (SampleItems and HashUniforms have fixed sizes).
-    Elsewhere (Numba, or the python backend, with the host store) one compiled step serves every batch_size
-    and n_sample."""
-    return options.backend == 'jax' or options.store_type == 'gpu'
-
-
-def acquire_step(p, options, mode, arrays, logq_arrays, draws, width, n_items):
-    """A CompiledStep for p, loaded with these initial values: a free one of the same structure, or a new one."""
-    chunked, static = options.chunk > 0, static_shapes(options)
-    key = (_hyper.structure(p), mode_key(mode()), options.store_type, chunked, static and p.n_sample,
-           (static and width, n_items if p.merge_repeated else None, options.backend == 'jax') if chunked else None)
+def acquire_step(p, options, mode, arrays, logq_arrays, draws, n_items):
+    """A CompiledStep for p, loaded with these initial values: a free one of the same structure, or a new one.
+    The minibatch width and n_sample are not part of it (dynamic shapes); the in-graph sampler's search steps
+    (draws.levels, which depend on the data's CDF) are."""
+    chunked = options.chunk > 0
+    key = (_hyper.structure(p), mode_key(mode()), options.store_type, chunked, draws.levels if draws is not None else None,
+           n_items if chunked and p.merge_repeated else None)
     free = _free_steps.get(key)
     if free:
         step = free.pop()
@@ -258,8 +245,7 @@ def acquire_step(p, options, mode, arrays, logq_arrays, draws, width, n_items):
     # the pause of the first epoch (Numba: 33-42 s cold on a 2-core VM; seconds when PyTensor's cache has it)
     print('Compiling the training step (or loading it from the compile cache)', flush=True)
     if chunked:
-        fn, g = compile_chunked(p, weights, logq, mode, draws, width, n_items, static_k=options.backend == 'jax',
-                                static_width=static)
+        fn, g = compile_chunked(p, weights, logq, mode, draws, n_items)
     else:
         fn, g = compile_per_step(p, weights, logq, mode, draws)
     _compiles[0] += 1
@@ -301,8 +287,7 @@ class TrainingRun:
         self.sampler = _sampling.new_sampler(p, options.store_type, options.sample_store, self.item_support, self.rng)
         self.width = min(p.batch_size, len(self.offsets) - 1)
         draws = self.sampler if options.store_type == 'gpu' else None
-        self.step = acquire_step(p, options, mode, arrays, logq_arrays(p, self.item_support), draws, self.width,
-                                 self.n_items)
+        self.step = acquire_step(p, options, mode, arrays, logq_arrays(p, self.item_support), draws, self.n_items)
         self.weights, self.logq, self.train_fn, g = self.step.weights, self.step.logq, self.step.fn, self.step.graph
         self.noise, self.opt_states, self.item_vars = g.noise, g.opt_states, g.item_vars
         self.noise_rng = np.random.default_rng([p.seed, 2])
@@ -372,7 +357,7 @@ class TrainingRun:
             nonlocal H
             for call in _batches.calls_of(step_inputs(), self.options.chunk):
                 inputs, sizes = zip(*call)
-                costs, *H = self.train_fn(len(inputs))(*_batches.stacked(inputs), *H)
+                costs, *H = self.train_fn(*_batches.stacked(inputs), *H)
                 yield costs, sizes
 
         sum_cost, n_events, n_steps = 0.0, 0, 0

@@ -24,6 +24,9 @@ Rewrites (registered in PyTensor's optdb when this module is imported; tag ``gru
 * ``numba_fast_math`` and ``numba_row_max`` (Numba, fused only) -- float32 exp and sigmoid by gpu_ops'
   vectorisable Exp32/Sigmoid32, a float32 max over matrix rows by RowMax; they run inside PyTensor's
   element-wise fusion pass, after it has inlined softmax and before it builds the fused loops.
+* ``jax_static_shapes`` (JAX) -- integer arithmetic on shapes (slice bounds, arange ends, allocation sizes) by
+  gpu_ops' ShapeScalar/ShapeArange, which evaluate it with Python ints while JAX traces: one compiled step
+  without its width in the types serves every batch_size and n_sample (XLA compiles each new shape).
 * ``numba_matmul32`` (Numba, fused only) -- products of float32 matrices by gpu_ops' MatMul32, whose Numba code
   is compiled once per process instead of once per node and layout (a cold compile ~7 s shorter).
 """
@@ -35,6 +38,7 @@ from pytensor.graph.rewriting.basic import WalkingGraphRewriter, dfs_rewriter, n
 from pytensor.scalar.basic import Exp
 from pytensor.scalar.math import Sigmoid
 from pytensor.tensor.elemwise import Elemwise
+from pytensor.tensor.basic import Alloc, ARange, ScalarFromTensor
 from pytensor.tensor.math import Dot, Max, Sum
 from pytensor.tensor.rewriting.elemwise import fuse_seqopt
 
@@ -90,7 +94,8 @@ def compile_mode(backend, fused=None, device=None):
         _numba_link.install()   # each Numba library optimised and emitted once, by the function Python calls
     if backend == 'jax':
         gpu_ops.register_jax()
-        mode = mode.including(JAX_TAG)
+        # JAX's conversion drops Asserts anyway; those of shape inference would hide shapes from jax_static_shapes
+        mode = mode.including(JAX_TAG, 'local_remove_all_assert')
         mode = Mode(linker=_device_jax_linker(None if device is None else _devices.jax_device(device))(),
                     optimizer=mode.provided_optimizer)
     elif _devices.parse_device(device)[0] != 'cpu':
@@ -180,6 +185,13 @@ def float32_sum(fgraph, node):
 _FAST_SCALAR = {Exp: gpu_ops.exp_f32, Sigmoid: gpu_ops.sigmoid_f32}
 
 
+@node_rewriter([ScalarFromTensor, ARange, Alloc])
+def jax_static_shapes(fgraph, node):
+    # integer arithmetic on shapes evaluated with Python ints while JAX traces (see _jax_shapes)
+    new = gpu_ops.static_replacement(node)
+    return False if new is None else [new]
+
+
 @node_rewriter([Elemwise])
 def numba_fast_math(fgraph, node):
     new = _FAST_SCALAR.get(type(node.op.scalar_op))   # (exact types: Exp32 is an Exp too)
@@ -213,6 +225,8 @@ optdb.register(_prefix + 'inplace_sparse_row_update',
                WalkingGraphRewriter(inplace_sparse_row_update, failure_callback=WalkingGraphRewriter.warn_inplace),
                'fast_run', 'inplace', FUSED_TAG, position=70.7)
 optdb.register(_prefix + 'float32_sum', dfs_rewriter(float32_sum), JAX_TAG, position=49.5)
+# last: the shape rewrites before it may still create shape arithmetic
+optdb.register(_prefix + 'jax_static_shapes', dfs_rewriter(jax_static_shapes), JAX_TAG, position=99)
 # inside the fusion pass: after it inlines softmax & co (0, 0.5), before it fuses element-wise loops (1)
 fuse_seqopt.register(_prefix + 'numba_fast_math', dfs_rewriter(numba_fast_math, numba_row_max), NUMBA_FAST_TAG,
                      position=0.7)

@@ -15,15 +15,18 @@ _hash_draws.py -- SampleItems: negative samples drawn inside the compiled step f
 _fast_math.py -- Exp32, Sigmoid32 (scalar Ops; exp_f32, sigmoid_f32 are their instances) and RowMax:
     float32 exp, sigmoid and row max that the Numba backend can vectorise; exp32 and sigmoid32 are their
     numpy references. MatMul32: a float32 matrix product whose Numba code is compiled once per process.
+_jax_shapes.py -- ShapeScalar and ShapeArange: integer arithmetic on shapes (a slice bound, an arange's end)
+    evaluated with Python ints while JAX traces, so a step graph without its width in the types slices and
+    counts by it (static_replacement finds them; custom_opt puts them in place on JAX only).
 _ops_support.py -- what the families share: the float dtype, the decorator of their Numba kernels and their
     disk-cache keys (the same for the checkout and the installed package).
 """
 import functools
 
 if __package__:
-    from . import _fast_math, _hash_draws, _ops_support, _row_update
+    from . import _fast_math, _hash_draws, _jax_shapes, _ops_support, _row_update
 else:
-    import _fast_math, _hash_draws, _ops_support, _row_update  # noqa: E401
+    import _fast_math, _hash_draws, _jax_shapes, _ops_support, _row_update  # noqa: E401
 
 FLOAT = _ops_support.FLOAT
 ADAPTS, N_STATES, RowUpdateSpec, n_inputs_states, sparse_row_update = (
@@ -38,12 +41,14 @@ PREFETCH_AHEAD, JAX_SCRATCH_ROWS_PER_INDEX, jax_occurrences_by_scratch = (   # (
 hash_uniforms, sample_from_cdf, GUIDE_MAX_BITS, cdf_guide, sample_from_guide, guided_search = (
     _hash_draws.hash_uniforms, _hash_draws.sample_from_cdf, _hash_draws.GUIDE_MAX_BITS, _hash_draws.cdf_guide,
     _hash_draws.sample_from_guide, _hash_draws.guided_search)
-SampleItems, sample_items, numba_guided_search, hash_uniform_rows, HashUniforms = (
-    _hash_draws.SampleItems, _hash_draws.sample_items, _hash_draws.numba_guided_search, _hash_draws.hash_uniform_rows,
+SampleItems, draw_numbers, numba_guided_search, hash_uniform_rows, HashUniforms = (
+    _hash_draws.SampleItems, _hash_draws.draw_numbers, _hash_draws.numba_guided_search, _hash_draws.hash_uniform_rows,
     _hash_draws.HashUniforms)
 exp32, sigmoid32, Exp32, Sigmoid32, exp_f32, sigmoid_f32, RowMax, MatMul32 = (
     _fast_math.exp32, _fast_math.sigmoid32, _fast_math.Exp32, _fast_math.Sigmoid32, _fast_math.exp_f32,
     _fast_math.sigmoid_f32, _fast_math.RowMax, _fast_math.MatMul32)
+ShapeScalar, ShapeArange, shape_expression, static_replacement = (
+    _jax_shapes.ShapeScalar, _jax_shapes.ShapeArange, _jax_shapes.shape_expression, _jax_shapes.static_replacement)
 
 
 @functools.cache
@@ -55,3 +60,5 @@ def register_jax():
     jax_funcify.register(SparseRowUpdate)(_row_update.jax_sparse_row_update)
     jax_funcify.register(SampleItems)(_hash_draws.jax_sample_items)
     jax_funcify.register(HashUniforms)(_hash_draws.jax_hash_uniforms)
+    jax_funcify.register(ShapeScalar)(_jax_shapes.jax_shape_scalar)
+    jax_funcify.register(ShapeArange)(_jax_shapes.jax_shape_arange)

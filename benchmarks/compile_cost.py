@@ -12,7 +12,7 @@ PyTensor's Numba cache):
 * warm: the same configuration again in a new process on the cache the cold run left;
 * new learning rate: learning_rate 0.2 -> 0.1 in a new process on that cache (before issue 19 every new value
   was a new graph, compiled from scratch); the same for batch_size 32 -> 48 and dropout_p_hidden 0.4 -> 0.3
-  (on JAX a new batch size is a new static shape: XLA compiles again, and this row times it);
+  (on JAX XLA compiles each new batch size's shapes, and this row times it);
 * 10 trials: ten fits in one process with other learning rates, momenta and logQ strengths (what a paropt
   study whose trials share the structure runs), on that cache; their sum, the first, and the number of
   compiles the process made (_training.compile_count);

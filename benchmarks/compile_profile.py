@@ -19,7 +19,7 @@ type inference runs is counted in its own phases, not in the caller's), so the r
   function compiled while k-1 others were being compiled). With Numba's eager path (GRU4REC_NUMBA_EAGER=1)
   every depth re-optimises and re-emits the code linked into it; with _numba_link it happens at depth 1.
 
---backend jax profiles what a new batch size costs on JAX instead (XLA compiles static shapes): in one
+--backend jax profiles what a new batch size costs on JAX instead (XLA compiles each new shape): in one
 process, fits with batch_size 32, then 48, then 32 again with another learning rate, each split into
 PyTensor's graph rewriting and conversion to JAX, JAX's tracing, lowering to MLIR and XLA's compile (JAX's
 own compile-time events), and the rest.

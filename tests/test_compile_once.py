@@ -26,8 +26,8 @@ def clicks(n_sessions=60, n_items=30, seed=0):
     return pd.DataFrame(rows, columns=['SessionId', 'ItemId', 'Time'])
 
 
-def fit(chunk=None, **kw):
-    return GRU4Rec(**dict(BASE, **kw)).fit(clicks(), log_steps=True, chunk=chunk)
+def fit(chunk=None, store_type=None, data=None, **kw):
+    return GRU4Rec(**dict(BASE, **kw)).fit(clicks(**(data or {})), log_steps=True, chunk=chunk, store_type=store_type)
 
 
 def fresh_process_costs(**kw):
@@ -95,11 +95,30 @@ def test_selu_parameters_stay_structure():
     assert structure('selu-1.05-1.7') != structure('selu-1.1-1.7')
 
 
-def test_static_shapes_keep_width_and_n_sample_in_the_key():
-    # JAX compiles static shapes, and in-graph sampling has a fixed number of draws
-    assert _training.static_shapes(_training.FitOptions('jax', 100, 'gpu', 0, None, False, None))
-    assert _training.static_shapes(_training.FitOptions('numba', 100, 'gpu', 0, None, False, None))
-    assert not _training.static_shapes(_training.FitOptions('numba', 100, 'cpu', 0, None, False, None))
+@pytest.mark.parametrize('backend', ['python', 'jax'])
+def test_in_graph_draws_reuse_the_step_for_a_new_width_and_n_sample(backend):
+    # store_type='gpu': negatives and dropout noise drawn in the graph (as many as its shapes ask for); on JAX
+    # PyTensor compiles once, and XLA each new shape (the function is the same)
+    if backend == 'jax':
+        pytest.importorskip('jax')
+    kw = dict(backend=backend, chunk=4, store_type='gpu')
+    fit(learning_rate=0.05, **kw)
+    n = _training.compile_count()
+    other = dict(batch_size=5, n_sample=9, dropout_p_hidden=0.4, **kw)
+    second = fit(**other)
+    assert _training.compile_count() == n
+    np.testing.assert_array_equal(second.step_costs_, fresh_process_costs(**other))
+
+
+def test_in_graph_draws_of_another_data_set_search_its_own_cdf():
+    # the compiled step's sampler searches from a guide table of the CDF (gpu_ops.cdf_guide): a fit on other
+    # data must bring its own (it once kept the first fit's, and drew from the wrong buckets)
+    pytest.importorskip('jax')
+    kw = dict(backend='jax', chunk=4, store_type='gpu', n_epochs=1)
+    fit(**kw)
+    other = dict(data=dict(n_sessions=80, n_items=300, seed=1), **kw)
+    second = fit(**other)
+    np.testing.assert_array_equal(second.step_costs_, fresh_process_costs(**other))
 
 
 # A process that imports the checkout top level (as `python run.py` or a script in the checkout folder does), or
@@ -137,7 +156,7 @@ else:
     from gru4rec import gpu_ops
 import pytensor.scalar as ps
 from pytensor.link.numba.dispatch.basic import numba_funcify_and_cache_key
-ops = [(gpu_ops.SparseRowUpdate('adagrad', 1e-6, True, False), None), (gpu_ops.SampleItems(8, 3), None),
+ops = [(gpu_ops.SparseRowUpdate('adagrad', 1e-6, True, False), None), (gpu_ops.SampleItems(3), None),
        (gpu_ops.HashUniforms(4, 1), None), (gpu_ops.RowMax(), None)]
 ops += [(op, op.make_node(ps.float32())) for op in (gpu_ops.exp_f32, gpu_ops.sigmoid_f32)]
 print(json.dumps([numba_funcify_and_cache_key(op, node=node)[1] for op, node in ops]))

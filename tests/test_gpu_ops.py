@@ -327,7 +327,8 @@ def sampler(cdf, n, mode='FAST_COMPILE'):
     """f(seed, step) -> SampleItems' n draws from cdf, compiled in mode (its guide built by cdf_guide)."""
     guide, levels = gpu_ops.cdf_guide(cdf)
     seed, step = pt.scalar('seed', dtype='uint32'), pt.scalar('step', dtype='uint32')
-    f = pytensor.function([seed, step], gpu_ops.SampleItems(n, levels)(cdf, guide, seed, step), mode=mode)
+    numbers = np.arange(n, dtype=np.int32)
+    f = pytensor.function([seed, step], gpu_ops.SampleItems(levels)(cdf, guide, seed, step, numbers), mode=mode)
     return lambda seed, step: np.asarray(f(np.uint32(seed), np.uint32(step)))
 
 
