@@ -8,7 +8,9 @@ almost all compiling, so it is the time to the first trained minibatches. Each m
 process with one BLAS/Numba thread and its own PyTensor cache folder (base_compiledir, which also holds
 PyTensor's Numba cache):
 
-* cold: an empty cache folder (a first run after installing);
+* cold: an empty cache folder (a first run after installing); "of which compiling" is the part spent in
+  PyTensor's rewriting and Numba's and LLVM's phases (compile_profile.PhaseClock), without reading the data
+  and training, which issue 19's comparison with cbc96da is about;
 * warm: the same configuration again in a new process on the cache the cold run left;
 * new learning rate: learning_rate 0.2 -> 0.1 in a new process on that cache (before issue 19 every new value
   was a new graph, compiled from scratch); the same for batch_size 32 -> 48 and dropout_p_hidden 0.4 -> 0.3
@@ -21,7 +23,8 @@ PyTensor's Numba cache):
   cache folder; the compile time is the time spent in PyTensor's rewriting and Numba's/LLVM's phases
   (compile_profile.PhaseClock), which issue 19 wants within 1.2x of one trial's for the whole study;
 * cold at --old-repo (e.g. a `git worktree add /tmp/cbc cbc96da` checkout): the same cold fit with that
-  checkout's code, measured in the same run for a fair comparison.
+  checkout's code, measured in the same run for a fair comparison; the ratios of the two are printed below
+  the table.
 
 Prints a table (seconds) and the machine; --out also writes the numbers as JSON.
 """
@@ -52,21 +55,33 @@ def quick_start_params():
 
 
 def child(repo, train, events, backend, fits):
-    """In the child process: the seconds of each fit (with repo's code), and the compile count if it has one."""
+    """In the child process: the seconds of each fit (with repo's code) and of the compiling in it (PyTensor's
+    rewriting and Numba's and LLVM's phases, compile_profile.PhaseClock), and the compile count if it has one."""
     sys.path.insert(0, repo)
+    import compile_profile
+    clock = compile_profile.PhaseClock()
+    clock.install()
     import contextlib
     import io
     import pandas as pd
     from gru4rec import GRU4Rec
     data = pd.read_csv(train, sep='\t', dtype={'ItemId': str}, nrows=events)
-    seconds = []
+    seconds, compiling = [], []
     for changes in fits:
-        t0 = time.time()
+        t0, c0 = time.time(), compile_seconds(clock)
         with contextlib.redirect_stdout(io.StringIO()):
             GRU4Rec(**dict(quick_start_params(), backend=backend, **changes)).fit(data)
         seconds.append(time.time() - t0)
+        compiling.append(compile_seconds(clock) - c0)
     training = sys.modules.get('_training')
-    return {'seconds': seconds, 'compiles': training.compile_count() if hasattr(training, 'compile_count') else None}
+    return {'seconds': seconds, 'compiling': compiling,
+            'compiles': training.compile_count() if hasattr(training, 'compile_count') else None}
+
+
+def compile_seconds(clock):
+    """Seconds the clock has counted in compiler phases so far."""
+    clock.close()
+    return sum(v for k, v in clock.seconds.items() if k != 'other')
 
 
 SPACE = [dict(name='learning_rate', dtype='float', values=[0.05, 0.3]),
@@ -94,10 +109,9 @@ def paropt_child(repo, data, trials, backend, tmp):
                           '--storage', os.path.join(tmp, 'study.sqlite'), '-o', os.path.join(tmp, 'best.py'),
                           '--backend', backend])
     wall = time.time() - t0
-    clock.close()
     if rc != 0:
         raise SystemExit(f'paropt exited with {rc}')
-    return {'wall': wall, 'compile': sum(v for k, v in clock.seconds.items() if k != 'other')}
+    return {'wall': wall, 'compile': compile_seconds(clock)}
 
 
 def measure_paropt(repo, cachedir, train, events, backend, trials):
@@ -142,8 +156,9 @@ def main():
     ap.add_argument('--paropt', help=argparse.SUPPRESS)
     args = ap.parse_args()
     train = os.path.abspath(args.train)
-    if args.child and args.paropt:
+    if args.child:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # compile_profile
+    if args.child and args.paropt:
         data, trials, tmp = json.loads(args.paropt)
         print('\n' + json.dumps(paropt_child(args.child, data, trials, args.backend, tmp)))
         return 0
@@ -154,8 +169,10 @@ def main():
     with tempfile.TemporaryDirectory(prefix='compile_cost_') as tmp:
         cache = os.path.join(tmp, 'cache')
         base = [dict(learning_rate=0.2)]
-        numbers['cold'] = measure(HERE, cache, train, args.events, args.backend, base)['seconds'][0]
+        cold = measure(HERE, cache, train, args.events, args.backend, base)
+        numbers['cold'], numbers['cold_compiling'] = cold['seconds'][0], cold['compiling'][0]
         rows.append(('cold compile (empty cache), first fit', numbers['cold']))
+        rows.append(('cold compile: of which compiling', numbers['cold_compiling']))
         numbers['warm'] = measure(HERE, cache, train, args.events, args.backend, base)['seconds'][0]
         rows.append(('warm (same configuration, new process)', numbers['warm']))
         numbers['new_lr'] = measure(HERE, cache, train, args.events, args.backend, [dict(learning_rate=0.1)])['seconds'][0]
@@ -180,13 +197,17 @@ def main():
         if args.old_repo:
             old = measure(os.path.abspath(args.old_repo), os.path.join(tmp, 'old_cache'), train, args.events,
                           args.backend, base)
-            numbers['old_cold'] = old['seconds'][0]
+            numbers['old_cold'], numbers['old_cold_compiling'] = old['seconds'][0], old['compiling'][0]
             rows.append((f'cold compile at {args.old_repo}', numbers['old_cold']))
+            rows.append((f'cold compile at {args.old_repo}: of which compiling', numbers['old_cold_compiling']))
     print(f'Machine: {machine()}; backend {args.backend}; {args.events} events of {args.train}; quick-start '
           f'configuration, 1 epoch; 10-trial process compiled {trials["compiles"]} training step(s)\n')
     print('| measurement | seconds |\n|---|---|')
     for label, secs in rows:
         print(f'| {label} | {secs:.1f} |')
+    if args.old_repo:
+        print(f'\nCold compile vs {args.old_repo}: {numbers["cold"] / numbers["old_cold"]:.2f} of its wall time, '
+              f'{numbers["cold_compiling"] / numbers["old_cold_compiling"]:.2f} of its compiling')
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(dict(numbers, machine=machine(), backend=args.backend, events=args.events), f, indent=1)

@@ -115,14 +115,16 @@ def test_jax_parts_prints_a_row_per_catalogue_and_the_method_gpu_ops_picks():
 @pytest.mark.slow
 def test_compile_cost_prints_its_table_and_one_compile_for_ten_trials(tmp_path):
     """compile_cost.py on the python backend (fast compiles): every row of the table, the 10 trials that
-    differ only in continuous values compile one training step, and the paropt studies' compile times."""
+    differ only in continuous values compile one training step, the paropt studies' compile times, and the
+    comparison with another checkout (here the same one: both cold compiles compile)."""
     import json
+    import re
     import subprocess
     train = tmp_path / 'train.tsv'
     synthetic_sessions(40, 900, seed=3).to_csv(train, sep='\t', index=False)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, os.path.join(root, 'benchmarks', 'compile_cost.py'), str(train), '--events',
-                        '400', '--backend', 'python', '--out', str(tmp_path / 'cost.json')],
+                        '400', '--backend', 'python', '--old-repo', root, '--out', str(tmp_path / 'cost.json')],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     for row in ('cold compile (empty cache)', 'warm (same configuration', 'learning_rate 0.2 -> 0.1',
@@ -130,6 +132,9 @@ def test_compile_cost_prints_its_table_and_one_compile_for_ten_trials(tmp_path):
         assert f'| {row}' in r.stdout
     cost = json.loads((tmp_path / 'cost.json').read_text())
     assert cost['trials']['compiles'] == 1 and len(cost['trials']['seconds']) == 10
+    for old in ('', 'old_'):
+        assert 0 < cost[f'{old}cold_compiling'] < cost[f'{old}cold']
+    assert re.search(r'^Cold compile vs .*: \d\.\d\d of its wall time, \d\.\d\d of its compiling$', r.stdout, re.M)
     # the real paropt studies: compile seconds measured, and the 10-trial one compiles about what one trial does
     for n in (1, 10):
         assert f'| paropt study of {n} trial' in r.stdout
