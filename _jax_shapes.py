@@ -159,9 +159,12 @@ def jax_shape_scalar(op, node=None, **kwargs):
 
 
 def jax_shape_arange(op, node=None, **kwargs):
+    import jax
     import jax.numpy as jnp
-    exprs, dtype = op.expr, op.dtype
+    exprs = op.expr
 
     def shape_arange(*tensors):
+        # int64 is int32 while JAX runs without 64-bit types (asked for, JAX would warn on every trace)
+        dtype = jax.dtypes.canonicalize_dtype(op.dtype)
         return jnp.arange(*(evaluate(e, [x.shape for x in tensors]) for e in exprs), dtype=dtype)
     return shape_arange

@@ -33,10 +33,7 @@ def fit_options(p, sample_store, store_type, checkpoint_dir, resume, chunk):
     checkpoint folder of a new run; reads the checkpoint to resume from and checks it against the settings
     (saved: _checkpoint.Saved, or None)."""
     backend = p.backend_in_use
-    chunk = custom_opt.CHUNK_BY_DEFAULT[backend] if chunk is None else _params.to_int_arg(chunk, 'chunk')
-    if chunk == 0 and backend == 'jax':
-        raise GRU4RecError('The JAX backend trains in chunks only (XLA would compile every shrinking minibatch '
-                           'width anew): use chunk > 0')
+    chunk = training_chunk(backend, chunk)
     if store_type is None:
         store_type = 'cpu' if p.rng == 'original' else custom_opt.STORE_BY_DEFAULT[backend]
     if store_type not in ('gpu', 'cpu'):
@@ -58,6 +55,15 @@ def fit_options(p, sample_store, store_type, checkpoint_dir, resume, chunk):
     sample_store = _params.to_int_arg(sample_store, 'sample_store')
     saved = _checkpoint.read_for(checkpoint, p, store_type, sample_store) if resume else None
     return FitOptions(backend, chunk, store_type, sample_store, checkpoint, resume, saved)
+
+
+def training_chunk(backend, chunk):
+    """fit's chunk checked for the backend, None replaced by its default (GRU4RecError if it cannot be used)."""
+    chunk = custom_opt.CHUNK_BY_DEFAULT[backend] if chunk is None else _params.to_int_arg(chunk, 'chunk')
+    if chunk == 0 and backend == 'jax':
+        raise GRU4RecError('The JAX backend trains in chunks only (XLA would compile every shrinking minibatch '
+                           'width anew): use chunk > 0')
+    return chunk
 
 
 def training_frame(p, data):
@@ -197,6 +203,15 @@ class CompiledStep:
     def __init__(self, key, fn, graph, weights, logq, draws):
         self.key, self.fn, self.graph, self.weights, self.logq = key, fn, graph, weights, logq
         self.draw_vars = draws.variables if draws is not None else None
+        self.shapes = set()   # (width, n_sample) trained so far (JAX: XLA compiles each on first use)
+
+    def note_shapes(self, backend, width, n_sample):
+        """On JAX, say that XLA compiles for minibatch shapes that this step has not trained yet (a pause
+        that would otherwise go unexplained; PyTensor's graph is reused)."""
+        if backend == 'jax' and self.shapes and (width, n_sample) not in self.shapes:
+            print(f'Compiling the training step for a new width ({width} sessions, {n_sample} negatives) with XLA',
+                  flush=True)
+        self.shapes.add((width, n_sample))
 
     def load(self, p, arrays, logq_arrays, draws):
         """Start a new fit: fresh weights, zero optimiser states, p's hyper-parameters, the sampler's values."""
@@ -242,8 +257,10 @@ def acquire_step(p, options, mode, arrays, logq_arrays, draws, n_items):
         return step
     weights = _graph.shared_weights(arrays)
     logq = tuple(pytensor.shared(v, name=n) for v, n in zip(logq_arrays, ('logq_target', 'logq_sample')))
-    # the pause of the first epoch (Numba: 33-42 s cold on a 2-core VM; seconds when PyTensor's cache has it)
-    print('Compiling the training step (or loading it from the compile cache)', flush=True)
+    # the pause of the first epoch (Numba: 33-42 s cold on a 2-core VM; seconds when PyTensor's cache has it;
+    # JAX keeps nothing on disk: a few seconds, PyTensor's rewriting and then XLA's compile)
+    print('Compiling the training step' + (' (PyTensor, then XLA)' if options.backend == 'jax' else
+                                           ' (or loading it from the compile cache)'), flush=True)
     if chunked:
         fn, g = compile_chunked(p, weights, logq, mode, draws, n_items)
     else:
@@ -288,6 +305,7 @@ class TrainingRun:
         self.width = min(p.batch_size, len(self.offsets) - 1)
         draws = self.sampler if options.store_type == 'gpu' else None
         self.step = acquire_step(p, options, mode, arrays, logq_arrays(p, self.item_support), draws, self.n_items)
+        self.step.note_shapes(options.backend, self.width, p.n_sample)
         self.weights, self.logq, self.train_fn, g = self.step.weights, self.step.logq, self.step.fn, self.step.graph
         self.noise, self.opt_states, self.item_vars = g.noise, g.opt_states, g.item_vars
         self.noise_rng = np.random.default_rng([p.seed, 2])

@@ -297,6 +297,7 @@ def train_model(args, own, mod, keys_cli, record, created, failed):
     gru.set_params(**params)
     args.progress.model = gru
     cli.check_device(gru, own, mod.GRU4RecError)
+    cli.sibling('_training').training_chunk(gru.effective_backend, args.chunk)   # before the data are read
     keys = (gru.session_key, gru.item_key, gru.time_key)
     make_output_folders(args, created)
     print('Loading training data...')

@@ -544,3 +544,11 @@ def test_nan_stop_exits_1_without_evaluating_and_names_the_cause(files, tmp_path
     assert r.stderr.startswith('ERROR. Training stopped: the loss became NaN in epoch 1')
     assert "use final_act='softmax'" in r.stderr
     assert 'Recall@' not in r.stdout and not model.exists()
+
+
+def test_jax_without_chunks_is_refused_before_the_data_are_read(files):
+    # the chunk check runs before loading (a wrong -chunk would otherwise surface after a long data load)
+    pytest.importorskip('jax')
+    r = run(files['train'], '-ps', TINY, '--chunk', '0', backend='jax')
+    assert r.returncode == 2 and 'trains in chunks only' in r.stderr
+    assert 'Loading training data' not in r.stdout

@@ -1,6 +1,8 @@
 """Compile once per model structure (issue 19): continuous hyper-parameters are runtime inputs of the training
 step, so fits that differ only in them reuse the compiled step of the process, and give the numbers a fresh
 process gives."""
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -105,8 +107,12 @@ def test_in_graph_draws_reuse_the_step_for_a_new_width_and_n_sample(backend):
     fit(learning_rate=0.05, **kw)
     n = _training.compile_count()
     other = dict(batch_size=5, n_sample=9, dropout_p_hidden=0.4, **kw)
-    second = fit(**other)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        second = fit(**other)
     assert _training.compile_count() == n
+    # on JAX the pause of XLA's compile is announced (PyTensor's graph is reused)
+    assert ('new width (5 sessions, 9 negatives) with XLA' in out.getvalue()) == (backend == 'jax')
+    assert 'Compiling the training step (' not in out.getvalue()
     np.testing.assert_array_equal(second.step_costs_, fresh_process_costs(**other))
 
 

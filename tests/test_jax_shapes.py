@@ -1,6 +1,8 @@
 """Shape arithmetic evaluated while JAX traces (_jax_shapes, custom_opt's jax_static_shapes): one PyTensor
 function with dynamic shapes serves every shape on JAX, equal to numpy; PyTensor's own JAX conversion could not
 compile it (so the test would fail without the rewrite)."""
+import warnings
+
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
@@ -20,12 +22,12 @@ def graph():
     head, tail = y[:m], y[x.shape[0]:]
     rows = pt.arange(m, dtype='int32')
     zeros = pt.zeros((y.shape[0] - x.shape[0], 3), dtype='float32')
-    outs = [head * 2, tail.sum(), rows + x[:1].sum(), zeros.sum(axis=1) + tail]
+    outs = [head * 2, tail.sum(), rows * 2, zeros.sum(axis=1) + tail]
 
     def reference(xv, yv):
         mv = min(len(yv), len(xv) + 1)
         t = yv[len(xv):]
-        return [yv[:mv] * 2, t.sum(), np.arange(mv, dtype=np.int32) + xv[:1].sum(), np.zeros(len(t), np.float32) + t]
+        return [yv[:mv] * 2, t.sum(), np.arange(mv, dtype=np.int32) * 2, np.zeros(len(t), np.float32) + t]
     return [x, y], outs, reference
 
 
@@ -60,3 +62,13 @@ def test_perform_is_the_numpy_reference():
     got = f(np.zeros(3, np.int32), np.zeros(9, np.float32))
     assert int(got[0]) == 4 and got[1].tolist() == [1, 3]
     assert gpu_ops.shape_expression(pt.ivector('v').sum(), []) is None   # a value, not a shape
+
+
+def test_no_int64_warning_without_64_bit_jax():
+    # PyTensor's aranges count in int64; JAX without 64-bit types would warn on every trace of an int64 arange
+    x, y = pt.ivector('x'), pt.fvector('y')
+    f = pytensor.function([x, y], pt.arange(pt.minimum(y.shape[0], x.shape[0] + 1)), mode=custom_opt.compile_mode('jax'))
+    assert any(isinstance(n.op, gpu_ops.ShapeArange) for n in f.maker.fgraph.apply_nodes)
+    with jax.enable_x64(False), warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert np.asarray(f(np.zeros(3, np.int32), np.zeros(6, np.float32))).tolist() == [0, 1, 2, 3]
