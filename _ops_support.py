@@ -69,10 +69,10 @@ def source_salt(module_name):
     return int(h.hexdigest()[:12], 16)
 
 
-def njit(signature=None, *, pytensor=False, **options):
+def njit(*, pytensor=False, **options):
     """The decorator of the Numba kernels: numba.njit(**options) (pytensor=True: PyTensor's numba_njit, which
     adds PyTensor's fastmath default and leaves out the Python-callable wrapper) of a copy of the function
-    whose globals are its module's without __name__; with a signature, compiled for it only (now).
+    whose globals are its module's without __name__.
 
     Numba stores, with every cached function, the Environment of each function compiled into it, pickled
     by the name of that function's module (its globals' __name__), and imports that module by that name
@@ -88,12 +88,11 @@ def njit(signature=None, *, pytensor=False, **options):
                                       fn.__name__, fn.__defaults__, fn.__closure__)
         detached.__qualname__, detached.__doc__ = fn.__qualname__, fn.__doc__
         detached.__kwdefaults__ = fn.__kwdefaults__
-        sig = () if signature is None else (signature,)
         if pytensor:
             from pytensor.link.numba.dispatch.basic import numba_njit
-            return numba_njit(*sig, **options)(detached)
+            return numba_njit(detached, **options)
         import numba
-        return numba.njit(*sig, **options)(detached)
+        return numba.njit(**options)(detached)
     return decorate
 
 
