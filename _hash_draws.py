@@ -13,7 +13,6 @@ import functools
 import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply
-from pytensor.graph.op import Op
 
 if __package__:
     from . import _ops_support
@@ -108,18 +107,7 @@ def guided_search(cdf, guide, levels, u, xp=np):
     return xp.minimum(lo, n - 1).astype(xp.int32)     # above only when u exceeds the last CDF value
 
 
-class _HashDraw(Op):
-    """An Op whose output is a draw from a hash of its inputs: no gradient flows to any input."""
-
-    def grad(self, inputs, output_grads):
-        from pytensor.gradient import disconnected_type
-        return [disconnected_type() for _ in inputs]
-
-    def connection_pattern(self, node):
-        return [[False] for _ in node.inputs]
-
-
-class SampleItems(_HashDraw):
+class SampleItems(_ops_support.NoGradient):
     """(cdf: float32 vector, guide: int32 vector, seed: uint32 scalar, step: uint32 scalar, numbers: int32
     vector) -> int32 item indices, one per draw number: sample_from_cdf's draw. The number of draws is the
     length of `numbers` (0 .. n-1 for n draws; a shared variable, so a new n_sample is the same graph). guide
@@ -241,7 +229,7 @@ def hash_uniform_rows(seed, step, stream, slots, width, xp=np):
     return _keyed_uniforms(xp.arange(width, dtype=xp.uint32)[None, :], row_key, xp)
 
 
-class HashUniforms(_HashDraw):
+class HashUniforms(_ops_support.NoGradient):
     """(seed: uint32 scalar, step: uint32 scalar, slots: int32 vector) -> float32 (len(slots), width)
     uniforms of hash_uniform_rows for noise stream `stream`. No gradient."""
     __props__ = ('width', 'stream')

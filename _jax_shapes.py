@@ -13,13 +13,17 @@ An expression (`shape_expression`) is a nested tuple: ('shape', k, i) is dimensi
 import numpy as np
 import pytensor.scalar as ps
 from pytensor.graph.basic import Apply, Constant
-from pytensor.graph.op import Op
 from pytensor.scalar.basic import ScalarOp
 from pytensor.tensor.basic import Alloc, ARange, ScalarFromTensor, TensorFromScalar
 from pytensor.tensor.elemwise import Elemwise
 from pytensor.tensor.shape import Shape, Shape_i
 from pytensor.tensor.subtensor import Subtensor
 from pytensor.tensor.type import TensorType
+
+if __package__:
+    from . import _ops_support
+else:
+    import _ops_support
 
 __all__ = ['ShapeScalar', 'ShapeArange', 'shape_expression', 'static_replacement']
 
@@ -80,9 +84,9 @@ def reads_a_shape(expr):
     return expr[0] == 'shape' or (expr[0] != 'const' and any(reads_a_shape(a) for a in expr[1:]))
 
 
-class ShapeScalar(Op):
+class ShapeScalar(_ops_support.NoGradient):
     """(tensors...) -> int64: the value of `expr` (shape_expression) for their shapes, as a scalar (a slice
-    bound) or as_tensor a 0-d tensor (a dimension of Alloc). No gradient."""
+    bound) or as_tensor a 0-d tensor (a dimension of Alloc)."""
     __props__ = ('expr', 'as_tensor')
 
     def __init__(self, expr, as_tensor=False):
@@ -95,18 +99,10 @@ class ShapeScalar(Op):
         value = np.int64(evaluate(self.expr, [np.shape(x) for x in inputs]))
         outputs[0][0] = np.asarray(value) if self.as_tensor else value
 
-    def grad(self, inputs, output_grads):
-        from pytensor.gradient import disconnected_type
-        return [disconnected_type() for _ in inputs]
 
-    def connection_pattern(self, node):
-        return [[False] for _ in node.inputs]
-
-
-class ShapeArange(ShapeScalar):
+class ShapeArange(_ops_support.NoGradient):
     """(tensors...) -> arange(start, stop, step) of `dtype`, the three bounds expressions of their shapes."""
     __props__ = ('expr', 'dtype')
-    as_tensor = True
 
     def __init__(self, expr, dtype):
         self.expr, self.dtype = expr, dtype
@@ -119,34 +115,34 @@ class ShapeArange(ShapeScalar):
         outputs[0][0] = np.arange(start, stop, step, dtype=self.dtype)
 
 
+def static_scalar(var, as_tensor=False):
+    """ShapeScalar's output for var if var is an expression of shapes (not of numbers alone, which PyTensor's
+    constant folding handles), else None."""
+    tensors = []
+    expr = shape_expression(var, tensors)
+    return ShapeScalar(expr, as_tensor)(*tensors) if expr is not None and reads_a_shape(expr) else None
+
+
 def static_replacement(node):
     """The output that replaces node's output, or None: ShapeArange for an ARange whose bounds are shape
     expressions; ShapeScalar for a ScalarFromTensor of one (how a shape becomes a slice bound or a scan's
-    length); an Alloc with ShapeScalar dimensions where they are. Expressions of numbers alone are left to
-    PyTensor's constant folding."""
-    tensors = []
+    length); an Alloc with ShapeScalar dimensions where they are."""
     if isinstance(node.op, Alloc):
-        dims, changed = [], False
-        for v in node.inputs[1:]:
-            tensors = []
-            expr = shape_expression(v, tensors)
-            if expr is None or not reads_a_shape(expr):
-                dims.append(v)
-            else:
-                dims.append(ShapeScalar(expr, as_tensor=True)(*tensors))
-                changed = True
-        return node.op(node.inputs[0], *dims) if changed else None
-    if isinstance(node.op, ARange):
+        dims = [static_scalar(v, as_tensor=True) for v in node.inputs[1:]]
+        if all(d is None for d in dims):
+            return None
+        return node.op(node.inputs[0], *(v if d is None else d for v, d in zip(node.inputs[1:], dims)))
+    if isinstance(node.op, ARange):   # one ShapeArange: the three bounds index one list of tensors
+        tensors = []
         exprs = tuple(shape_expression(v, tensors) for v in node.inputs)
         if any(e is None for e in exprs) or not any(reads_a_shape(e) for e in exprs):
             return None
         return ShapeArange(exprs, node.outputs[0].dtype)(*tensors)
     if isinstance(node.op, ScalarFromTensor):
-        expr = shape_expression(node.inputs[0], tensors)
-        if expr is None or not reads_a_shape(expr):
-            return None
-        out = ShapeScalar(expr)(*tensors)
-        return out if out.type == node.outputs[0].type else ps.cast(out, node.outputs[0].dtype)
+        out = static_scalar(node.inputs[0])
+        if out is None or out.type == node.outputs[0].type:
+            return out
+        return ps.cast(out, node.outputs[0].dtype)
     return None
 
 

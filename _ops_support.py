@@ -1,5 +1,5 @@
-"""What the custom Op families of gpu_ops share: their float dtype, the Numba decorator of their kernels, and
-registering a Numba implementation with its disk-cache key.
+"""What the custom Op families of gpu_ops share: their float dtype, the Numba decorator of their kernels,
+registering a Numba implementation with its disk-cache key, and the base of Ops without a gradient.
 
 PyTensor caches the compiled Numba code of a graph on disk (base_compiledir/numba). A checkout's modules are
 imported top level (_row_update) and an installed copy's as the package (gru4rec._row_update); the same code
@@ -15,6 +15,8 @@ must give the same cache entries either way, so that what one kind of process co
 import hashlib
 import sys
 import types
+
+from pytensor.graph.op import Op
 
 FLOAT = 'float32'
 
@@ -94,6 +96,17 @@ def njit(*, pytensor=False, **options):
         import numba
         return numba.njit(**options)(detached)
     return decorate
+
+
+class NoGradient(Op):
+    """An Op through which no gradient flows to any input (a draw from a hash, a shape)."""
+
+    def grad(self, inputs, output_grads):
+        from pytensor.gradient import disconnected_type
+        return [disconnected_type() for _ in inputs]
+
+    def connection_pattern(self, node):
+        return [[False] for _ in node.inputs]
 
 
 def cache_key(op, salt):

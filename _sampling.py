@@ -41,8 +41,7 @@ class GraphSampler:
             guide, self.levels = gpu_ops.cdf_guide(cdf)
             self.cdf_var = pytensor.shared(cdf, name='cdf', shape=(None,))
             self.guide_var = pytensor.shared(guide, name='cdf_guide', shape=(None,))
-            self.numbers_var = pytensor.shared(gpu_ops.draw_numbers(n_sample).astype(np.int32), name='draw_numbers',
-                                               shape=(None,))
+            self.numbers_var = pytensor.shared(np.arange(n_sample, dtype=np.int32), name='draw_numbers', shape=(None,))
 
     def negatives(self, step):
         """The symbolic negatives of step number `step` (a uint32 scalar)."""

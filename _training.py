@@ -248,8 +248,8 @@ def acquire_step(p, options, mode, arrays, logq_arrays, draws, n_items):
     The minibatch width and n_sample are not part of it (dynamic shapes); the in-graph sampler's search steps
     (draws.levels, which depend on the data's CDF) are."""
     chunked = options.chunk > 0
-    key = (_hyper.structure(p), mode_key(mode()), options.store_type, chunked, draws.levels if draws is not None else None,
-           n_items if chunked and p.merge_repeated else None)
+    key = (_hyper.structure(p), mode_key(mode()), options.store_type, chunked,
+           draws.levels if draws is not None else None, n_items if chunked and p.merge_repeated else None)
     free = _free_steps.get(key)
     if free:
         step = free.pop()

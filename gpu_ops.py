@@ -19,7 +19,7 @@ _jax_shapes.py -- ShapeScalar and ShapeArange: integer arithmetic on shapes (a s
     evaluated with Python ints while JAX traces, so a step graph without its width in the types slices and
     counts by it (static_replacement finds them; custom_opt puts them in place on JAX only).
 _ops_support.py -- what the families share: the float dtype, the decorator of their Numba kernels and their
-    disk-cache keys (the same for the checkout and the installed package).
+    disk-cache keys (the same for the checkout and the installed package), the base of Ops without a gradient.
 """
 import functools
 
@@ -41,8 +41,8 @@ PREFETCH_AHEAD, JAX_SCRATCH_ROWS_PER_INDEX, jax_occurrences_by_scratch = (   # (
 hash_uniforms, sample_from_cdf, GUIDE_MAX_BITS, cdf_guide, sample_from_guide, guided_search = (
     _hash_draws.hash_uniforms, _hash_draws.sample_from_cdf, _hash_draws.GUIDE_MAX_BITS, _hash_draws.cdf_guide,
     _hash_draws.sample_from_guide, _hash_draws.guided_search)
-SampleItems, draw_numbers, numba_guided_search, hash_uniform_rows, HashUniforms = (
-    _hash_draws.SampleItems, _hash_draws.draw_numbers, _hash_draws.numba_guided_search, _hash_draws.hash_uniform_rows,
+SampleItems, numba_guided_search, hash_uniform_rows, HashUniforms = (
+    _hash_draws.SampleItems, _hash_draws.numba_guided_search, _hash_draws.hash_uniform_rows,
     _hash_draws.HashUniforms)
 exp32, sigmoid32, Exp32, Sigmoid32, exp_f32, sigmoid_f32, RowMax, MatMul32 = (
     _fast_math.exp32, _fast_math.sigmoid32, _fast_math.Exp32, _fast_math.Sigmoid32, _fast_math.exp_f32,
