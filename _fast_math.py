@@ -1,5 +1,6 @@
 """float32 math for the Numba backend: Exp32 and Sigmoid32 (scalar Ops) and RowMax, which it can vectorise, each
-with its numpy reference beside its Numba kernel; MatMul32, a matrix product that it compiles once.
+with its numpy reference beside its Numba kernel; MatMul32, a matrix product that it compiles once, and ColumnSum,
+a column sum that compiles in a fraction of PyTensor's general reduction.
 
 A profile of the Numba training step (XE + logQ, 2080 scores per row) showed the score-matrix element-wise
 work costing as much as the three GEMMs: Numba calls libm's scalar expf per element (~2.4 ns; no SVML in
@@ -23,7 +24,7 @@ else:
 
 FLOAT = _ops_support.FLOAT
 __all__ = ['exp32', 'sigmoid32', 'Exp32', 'Sigmoid32', 'exp_f32', 'sigmoid_f32', 'RowMax', 'MatMul32',
-           'numba_exp32_inline']
+           'ColumnSum', 'numba_exp32_inline']
 
 _F = np.float32
 _EXP_HI, _EXP_LO = _F(88.72283), _F(-87.33654)     # exp overflows above / is below float32's normals
@@ -199,9 +200,14 @@ def _numba_funcify_row_max(op, node=None, **kwargs):
 class MatMul32(Op):
     """The product of two float32 matrices: PyTensor's Dot, with Numba code compiled once per process and shared by
     every such product. PyTensor compiles its Dot's code for each node and for each combination of the arrays'
-    layouts (C, F or any strides): 15 variants of its BLAS wrapper in the training step, ~7 s of a cold compile.
-    This Op's kernel runs PyTensor's own Dot code, typed once for arrays of any strides (which it checks at run
-    time, as it does for the strided variants); the result is C-contiguous, as Dot's."""
+    layouts (C, F or any strides): 15 variants of its general BLAS wrapper in the training step, ~7 s of a cold
+    compile (and ~3 s for the one variant of it that this Op ran before). The kernel makes the BLAS call that
+    PyTensor's code makes for arrays of any strides, through Numba's BLAS entry points (the same scipy BLAS):
+    each operand read column-major if BLAS can walk it so, else row-major, else through a row-major copy; GEMV
+    when the result is a single column or row, else GEMM computing the C-contiguous result's transpose. Two
+    cases go through copies where PyTensor passes strides, so their last bits may differ from its Dot: an
+    operand with a reversed axis (PyTensor flips axes in pairs) and GEMV's vector with a stride (Numba's GEMV
+    entry takes contiguous vectors). The model's graphs make neither."""
     __props__ = ()
 
     def make_node(self, x, y):
@@ -217,17 +223,75 @@ class MatMul32(Op):
         outputs[0][0] = np.asarray(np.dot(*inputs), dtype=np.float32)
 
 
+def _leading_dim(unit_stride, other_stride, unit_extent, other_extent):
+    """The leading dimension with which BLAS walks a float32 matrix along the axis of unit_stride, or 0 where it
+    cannot (PyTensor's rule: an axis of extent 1 has any stride; the leading dimension is at least the extent)."""
+    if unit_extent != 1 and unit_stride != 4:
+        return 0
+    if other_extent == 1:
+        return max(1, unit_extent)
+    if other_stride <= 0 or other_stride % 4 != 0:
+        return 0
+    ld = other_stride // 4
+    return ld if ld >= unit_extent else 0
+
+
+def _numba_blas_calls():
+    """Intrinsics calling Numba's BLAS entry points numba_xxgemm(kind, transa, transb, m, n, k, alpha, a, lda, b,
+    ldb, beta, c, ldc) and numba_xxgemv(kind, trans, m, n, alpha, a, lda, x, beta, y) for float32 with alpha 1
+    and beta 0 (the arrays by their data pointers; the flags as character codes). They return BLAS's status
+    (-1: no BLAS)."""
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+
+    char, size, ptr = ir.IntType(8), ir.IntType(64), ir.IntType(8).as_pointer()
+
+    def scalar_slot(context, builder, value):
+        return builder.bitcast(cgutils.alloca_once_value(builder, context.get_constant(types.float32, value)), ptr)
+
+    def call(context, builder, sig, args, name, layout):
+        """layout: per argument, 'c' (a character code), 'i' (a size), 'a' (an array: its data pointer), '1'/'0'
+        (alpha/beta slots, no argument)."""
+        values, it = [char(ord('s'))], iter(zip(sig.args, args))
+        for kind in layout:
+            if kind in '10':
+                values.append(scalar_slot(context, builder, float(kind)))
+                continue
+            ty, v = next(it)
+            if kind == 'c':
+                values.append(builder.trunc(context.cast(builder, v, ty, types.int64), char))
+            elif kind == 'i':
+                values.append(context.cast(builder, v, ty, types.int64))
+            else:
+                values.append(builder.bitcast(context.make_array(ty)(context, builder, v).data, ptr))
+        fnty = ir.FunctionType(ir.IntType(32), [v.type for v in values])
+        return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), values)
+
+    @intrinsic
+    def gemm(typingctx, transa, transb, m, n, k, a, lda, b, ldb, c, ldc):
+        def codegen(context, builder, sig, args):
+            return call(context, builder, sig, args, 'numba_xxgemm', 'cciii1aiai0ai')
+        return types.int32(transa, transb, m, n, k, a, lda, b, ldb, c, ldc), codegen
+
+    @intrinsic
+    def gemv(typingctx, trans, m, n, a, lda, x, y):
+        def codegen(context, builder, sig, args):
+            return call(context, builder, sig, args, 'numba_xxgemv', 'cii1aia0a')
+        return types.int32(trans, m, n, a, lda, x, y), codegen
+    return gemm, gemv
+
+
 @functools.cache
 def _numba_matmul32_kernel():
-    """(kernel, PyTensor's cache key of its Dot code). Nothing is compiled here: the kernel is compiled for each
-    combination of its callers' layouts (a few instructions each), PyTensor's Dot code once, for arrays typed
-    as any strides, when the first graph that uses it is compiled (not when a cached graph is loaded)."""
+    """Nothing is compiled here: the kernel is compiled for each combination of its callers' layouts (a few
+    instructions each), its body once, for arrays typed as any strides, when the first graph that uses it is
+    compiled (not when a cached graph is loaded)."""
     from numba.core.imputils import impl_ret_borrowed
     from numba.extending import intrinsic
-    from pytensor.link.numba.dispatch.basic import numba_funcify_and_cache_key
-    x, y = pt.matrix(dtype=FLOAT), pt.matrix(dtype=FLOAT)
-    node = pt.dot(x, y).owner
-    dot, dot_key = numba_funcify_and_cache_key(node.op, node=node)
+    gemm, gemv = _numba_blas_calls()
+    leading_dim = _ops_support.njit(pytensor=True, inline='always')(_leading_dim)
+    N, T = ord('N'), ord('T')
 
     @intrinsic
     def any_strides(typingctx, a):   # the same array, typed as layout 'A' (any strides)
@@ -235,15 +299,101 @@ def _numba_matmul32_kernel():
             return impl_ret_borrowed(context, builder, sig.return_type, args[0])
         return a.copy(layout='A')(a), codegen
 
+    @_ops_support.njit(pytensor=True, inline='always')
+    def operand(a):
+        """(buffer, transposed, leading dimension) with which BLAS reads a: column-major, row-major or a copy."""
+        ld = leading_dim(a.strides[0], a.strides[1], a.shape[0], a.shape[1])
+        if ld:
+            return a, False, ld
+        ld = leading_dim(a.strides[1], a.strides[0], a.shape[1], a.shape[0])
+        if ld:
+            return a, True, ld
+        return any_strides(np.ascontiguousarray(a)), True, max(1, a.shape[1])
+
+    @_ops_support.njit(pytensor=True)
+    def product(x, y):
+        m, k = x.shape
+        n = y.shape[1]
+        if y.shape[0] != k:
+            raise ValueError('MatMul32: the matrices do not match (x.shape[1] != y.shape[0])')
+        if m == 0 or n == 0 or k == 0:
+            return np.zeros((m, n), dtype=np.float32)
+        if n == 1 or m == 1:   # GEMV; its output zeroed first (some BLAS builds read it even with beta = 0)
+            out = np.zeros((m, n), dtype=np.float32)
+            if n == 1:
+                a, trans, ld = operand(x)
+                rows, cols = (k, m) if trans else (m, k)
+                v = np.ascontiguousarray(y[:, 0])
+            else:
+                a, trans, ld = operand(y)
+                rows, cols = (n, k) if trans else (k, n)
+                trans = not trans
+                v = np.ascontiguousarray(x[0])
+            status = gemv(T if trans else N, rows, cols, a, ld, v, out)
+        else:
+            # C-contiguous out is out.T to BLAS, and out.T = y.T x.T: the operands swap and their flags flip
+            out = np.empty((m, n), dtype=np.float32)
+            a, a_trans, lda = operand(y)
+            b, b_trans, ldb = operand(x)
+            status = gemm(N if a_trans else T, N if b_trans else T, n, m, k, a, lda, b, ldb, out, n)
+        if status != 0:
+            raise RuntimeError('MatMul32: no BLAS (Numba found no scipy.linalg.cython_blas)')
+        return out
+
     @_ops_support.njit(pytensor=True)
     def matmul32(x, y):
-        return dot(any_strides(x), any_strides(y))
-    return matmul32, dot_key
+        return product(any_strides(x), any_strides(y))
+    return matmul32
 
 
 def _numba_funcify_matmul32(op, node=None, **kwargs):
-    kernel, dot_key = _numba_matmul32_kernel()
-    return kernel, f'{_ops_support.source_salt(__name__)}:{dot_key}'
+    return _numba_matmul32_kernel(), _ops_support.source_salt(__name__)
+
+
+class ColumnSum(Op):
+    """The sum over the rows of a float32 matrix, accumulated in float64 (PyTensor's Sum(axis=0) of float32, the
+    gradient of a bias). PyTensor's Numba code for a reduction handles any axes and layouts (it sorts the strides
+    at run time): ~5 s of the quick-start's cold compile went to it and the Numba functions it pulled in. The
+    kernel adds the rows in order into float64 columns, as that code does for a row-major matrix (every column's
+    sum is the same sequence of float64 additions in either loop order), then rounds to float32."""
+    __props__ = ()
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        if x.ndim != 2 or x.dtype != FLOAT:
+            raise TypeError('ColumnSum takes a float32 matrix')
+        return Apply(self, [x], [pt.tensor(dtype=FLOAT, shape=(x.type.shape[1],))])
+
+    def infer_shape(self, node, shapes):
+        return [(shapes[0][1],)]
+
+    def perform(self, node, inputs, outputs):
+        x = inputs[0]
+        total = np.zeros(x.shape[1], dtype=np.float64)
+        for row in x:   # in order, as the kernel (numpy's sum could add in pairs)
+            total += row
+        outputs[0][0] = total.astype(np.float32)
+
+    def pullback(self, inputs, outputs, output_grads):
+        from pytensor.tensor.math import Sum
+        return Sum(axis=(0,), acc_dtype='float64').pullback(inputs, outputs, output_grads)
+
+
+@functools.cache
+def _numba_column_sum_kernel():
+    @_ops_support.njit(pytensor=True, fastmath=False)
+    def column_sum(x):
+        rows, cols = x.shape
+        total = np.zeros(cols, dtype=np.float64)
+        for i in range(rows):
+            for j in range(cols):
+                total[j] += x[i, j]
+        return total.astype(np.float32)
+    return column_sum
+
+
+def _numba_funcify_column_sum(op, node=None, **kwargs):
+    return _numba_column_sum_kernel(), _ops_support.source_salt(__name__)
 
 
 def _numba_funcify_scalar(kernel):
@@ -264,3 +414,4 @@ def _register_scalars():
 _register_scalars()
 _ops_support.register_numba(RowMax, _numba_funcify_row_max)
 _ops_support.register_numba(MatMul32, _numba_funcify_matmul32)
+_ops_support.register_numba(ColumnSum, _numba_funcify_column_sum)

@@ -14,7 +14,8 @@ _hash_draws.py -- SampleItems: negative samples drawn inside the compiled step f
     sample_from_cdf and hash_uniform_rows are the definitions the kernels reproduce.
 _fast_math.py -- Exp32, Sigmoid32 (scalar Ops; exp_f32, sigmoid_f32 are their instances) and RowMax:
     float32 exp, sigmoid and row max that the Numba backend can vectorise; exp32 and sigmoid32 are their
-    numpy references. MatMul32: a float32 matrix product whose Numba code is compiled once per process.
+    numpy references. MatMul32: a float32 matrix product whose Numba code is compiled once per process;
+    ColumnSum: a float32 column sum (float64 accumulator) with a small Numba kernel.
 _jax_shapes.py -- ShapeScalar and ShapeArange: integer arithmetic on shapes (a slice bound, an arange's end)
     evaluated with Python ints while JAX traces, so a step graph without its width in the types slices and
     counts by it (static_replacement finds them; custom_opt puts them in place on JAX only).
@@ -44,9 +45,9 @@ hash_uniforms, sample_from_cdf, GUIDE_MAX_BITS, cdf_guide, sample_from_guide, gu
 SampleItems, numba_guided_search, hash_uniform_rows, HashUniforms = (
     _hash_draws.SampleItems, _hash_draws.numba_guided_search, _hash_draws.hash_uniform_rows,
     _hash_draws.HashUniforms)
-exp32, sigmoid32, Exp32, Sigmoid32, exp_f32, sigmoid_f32, RowMax, MatMul32 = (
+exp32, sigmoid32, Exp32, Sigmoid32, exp_f32, sigmoid_f32, RowMax, MatMul32, ColumnSum = (
     _fast_math.exp32, _fast_math.sigmoid32, _fast_math.Exp32, _fast_math.Sigmoid32, _fast_math.exp_f32,
-    _fast_math.sigmoid_f32, _fast_math.RowMax, _fast_math.MatMul32)
+    _fast_math.sigmoid_f32, _fast_math.RowMax, _fast_math.MatMul32, _fast_math.ColumnSum)
 ShapeScalar, ShapeArange, shape_expression, static_replacement = (
     _jax_shapes.ShapeScalar, _jax_shapes.ShapeArange, _jax_shapes.shape_expression, _jax_shapes.static_replacement)
 

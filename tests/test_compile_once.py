@@ -163,7 +163,8 @@ else:
 import pytensor.scalar as ps
 from pytensor.link.numba.dispatch.basic import numba_funcify_and_cache_key
 ops = [(gpu_ops.SparseRowUpdate('adagrad', 1e-6, True, False), None), (gpu_ops.SampleItems(3), None),
-       (gpu_ops.HashUniforms(4, 1), None), (gpu_ops.RowMax(), None)]
+       (gpu_ops.HashUniforms(4, 1), None), (gpu_ops.RowMax(), None), (gpu_ops.MatMul32(), None),
+       (gpu_ops.ColumnSum(), None)]
 ops += [(op, op.make_node(ps.float32())) for op in (gpu_ops.exp_f32, gpu_ops.sigmoid_f32)]
 print(json.dumps([numba_funcify_and_cache_key(op, node=node)[1] for op, node in ops]))
 '''

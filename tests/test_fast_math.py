@@ -1,7 +1,7 @@
-"""gpu_ops' float32 exp, sigmoid, row max and matrix product for the Numba backend: accuracy against float64
-numpy, special values, the Numba kernels bit for bit against their numpy references (the product against
-PyTensor's Dot), and custom_opt putting them in place (Numba with fused Ops only) without changing what a graph
-computes."""
+"""gpu_ops' float32 exp, sigmoid, row max, matrix product and column sum for the Numba backend: accuracy against
+float64 numpy, special values, the Numba kernels bit for bit against their numpy references (the product and the
+column sum against PyTensor's Dot and Sum), and custom_opt putting them in place (Numba with fused Ops only)
+without changing what a graph computes."""
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
@@ -123,31 +123,48 @@ def test_float64_exp_is_left_alone():
     np.testing.assert_array_equal(fn(np.array([0.5, 700.0])), np.exp([0.5, 700.0]))
 
 
+LAYOUTS = ('C', 'F', 'column slice', 'every other row', 'reversed rows', 'reversed columns')
+
+
+def layouts(rng, r, c):
+    """An r x c float32 matrix in each of LAYOUTS (the views a graph hands an Op, and reversed ones)."""
+    base = np.float32(rng.normal(size=(2 * r + 1, 2 * c + 1)))
+    return [np.ascontiguousarray(base[:r, :c]), np.asfortranarray(base[:r, :c]), base[:r, 1:c + 1],
+            base[:2 * r:2, :c], base[r - 1::-1, :c] if r else base[:0, :c], base[:r, c - 1::-1] if c else base[:r, :0]]
+
+
 def operand_layouts(rng, m, k, n):
-    """Pairs (x, y) of float32 matrices (m x k, k x n) in the layouts a graph hands a product: C-contiguous,
-    transposed (F), a column slice, every other row, reversed rows or columns."""
-    def views(r, c):
-        base = np.float32(rng.normal(size=(2 * r + 1, 2 * c + 1)))
-        return [np.ascontiguousarray(base[:r, :c]), np.asfortranarray(base[:r, :c]), base[:r, 1:c + 1],
-                base[:2 * r:2, :c], base[r - 1::-1, :c] if r else base[:0, :c], base[:r, c - 1::-1] if c else base[:r, :0]]
-    return [(x, y) for x in views(m, k) for y in views(k, n)]
+    """Triples (x, y, whether either has a reversed axis) of float32 matrices (m x k, k x n) in every pair of
+    LAYOUTS."""
+    return [(x, y, 'reversed' in LAYOUTS[i] + LAYOUTS[j]) for i, x in enumerate(layouts(rng, m, k))
+            for j, y in enumerate(layouts(rng, k, n))]
 
 
-@pytest.mark.parametrize('m,k,n', [(7, 5, 3), (1, 4, 6), (5, 4, 1), (3, 0, 2), (4, 1, 4)])
+@pytest.mark.parametrize('m,k,n', [(7, 5, 3), (1, 4, 6), (5, 4, 1), (1, 3, 1), (3, 0, 2), (4, 1, 4), (32, 100, 300)])
 def test_matmul32_equals_pytensors_dot_on_numba_bit_for_bit(m, k, n):
     # the rewrite's Op against PyTensor's own Dot code (fused=False keeps Dot), in every layout and at the
-    # shapes where BLAS takes another path (a vector operand, an empty contraction)
+    # shapes where BLAS takes another path (a vector operand, an empty contraction). Operands with a reversed
+    # axis are copied where PyTensor flips them in pairs: the same product to rounding, not bit for bit.
     pytest.importorskip('numba')
     x, y = pt.matrix('x', dtype='float32'), pt.matrix('y', dtype='float32')
     fast = pytensor.function([x, y], pt.dot(x, y), mode=custom_opt.compile_mode('numba', fused=True))
     plain = pytensor.function([x, y], pt.dot(x, y), mode=custom_opt.compile_mode('numba', fused=False))
     ops = [type(node.op).__name__ for node in fast.maker.fgraph.apply_nodes]
     assert 'MatMul32' in ops and 'Dot' not in ops
-    for a, b in operand_layouts(np.random.default_rng(m * 100 + k * 10 + n), m, k, n):
+    for a, b, reversed_axis in operand_layouts(np.random.default_rng(m * 100 + k * 10 + n), m, k, n):
         got, want = fast(a, b), plain(a, b)
         assert got.dtype == np.float32 and got.flags.c_contiguous
-        np.testing.assert_array_equal(got, want)
-        np.testing.assert_allclose(got, np.dot(a.astype(np.float64), b.astype(np.float64)), rtol=1e-5, atol=1e-5)
+        if not reversed_axis:
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_allclose(got, np.dot(a.astype(np.float64), b.astype(np.float64)), rtol=1e-5, atol=1e-4)
+
+
+def test_matmul32_rejects_mismatched_matrices():
+    pytest.importorskip('numba')
+    x, y = pt.matrix('x', dtype='float32'), pt.matrix('y', dtype='float32')
+    fn = pytensor.function([x, y], gpu_ops.MatMul32()(x, y), mode=custom_opt.compile_mode('numba'))
+    with pytest.raises(ValueError, match='do not match'):
+        fn(np.zeros((2, 3), np.float32), np.zeros((4, 2), np.float32))
 
 
 def test_matmul32_leaves_other_dtypes_alone():
@@ -174,3 +191,42 @@ def test_matmul32_perform_and_errors():
         gpu_ops.MatMul32()(pt.vector('v', dtype='float32'), y)
     with pytest.raises(TypeError, match='two float32 matrices'):
         gpu_ops.MatMul32()(x, pt.matrix('d', dtype='float64'))
+
+
+@pytest.mark.parametrize('rows,cols', [(37, 300), (1, 5), (6, 1), (0, 3), (3, 0)])
+def test_column_sum_equals_pytensors_sum_on_numba_bit_for_bit(rows, cols):
+    pytest.importorskip('numba')
+    x = pt.matrix('x', dtype='float32')
+    fast = pytensor.function([x], x.sum(axis=0), mode=custom_opt.compile_mode('numba', fused=True))
+    plain = pytensor.function([x], x.sum(axis=0), mode=custom_opt.compile_mode('numba', fused=False))
+    assert [type(n.op).__name__ for n in fast.maker.fgraph.apply_nodes] == ['ColumnSum']
+    for a in layouts(np.random.default_rng(rows * 10 + cols), rows, cols):
+        a = a * np.float32(1e3)   # large and small terms: a float32 accumulator would lose bits
+        got = fast(a)
+        assert got.dtype == np.float32 and got.shape == (cols,)
+        np.testing.assert_array_equal(got, plain(a))
+        np.testing.assert_allclose(got, a.astype(np.float64).sum(axis=0), rtol=1e-6)
+
+
+def test_column_sum_replaces_only_float32_column_sums():
+    pytest.importorskip('numba')
+    x, d = pt.matrix('x', dtype='float32'), pt.matrix('d', dtype='float64')
+    fn = pytensor.function([x, d], [x.sum(axis=1), d.sum(axis=0), x.sum(), x.sum(axis=0, acc_dtype='float32')],
+                           mode=custom_opt.compile_mode('numba'))
+    assert not any(type(n.op).__name__ == 'ColumnSum' for n in fn.maker.fgraph.apply_nodes)
+    a = np.float32([[1, 2], [3, 4]])
+    got = fn(a, a.astype(np.float64))
+    for g, want in zip(got, [[3, 7], [4, 6], 10, [4, 6]]):
+        np.testing.assert_array_equal(g, want)
+
+
+def test_column_sum_perform_gradient_and_errors():
+    x = pt.matrix('x', dtype='float32')
+    v = np.float32([[1, 2], [3, 4], [5, 6]])
+    fn = pytensor.function([x], gpu_ops.ColumnSum()(x), mode=custom_opt.compile_mode('python'))
+    np.testing.assert_array_equal(fn(v), np.float32([9, 12]))
+    w = np.float32([2, -1])
+    got = pytensor.function([x], pytensor.grad((gpu_ops.ColumnSum()(x) * w).sum(), x), mode='FAST_COMPILE')(v)
+    np.testing.assert_array_equal(got, np.tile(w, (3, 1)))
+    with pytest.raises(TypeError, match='float32 matrix'):
+        gpu_ops.ColumnSum()(pt.vector('v', dtype='float32'))
