@@ -245,14 +245,14 @@ def _numba_blas_calls():
     from numba.core import cgutils, types
     from numba.extending import intrinsic
 
-    char, size, ptr = ir.IntType(8), ir.IntType(64), ir.IntType(8).as_pointer()
+    char, ptr = ir.IntType(8), ir.IntType(8).as_pointer()
 
     def scalar_slot(context, builder, value):
         return builder.bitcast(cgutils.alloca_once_value(builder, context.get_constant(types.float32, value)), ptr)
 
     def call(context, builder, sig, args, name, layout):
-        """layout: per argument, 'c' (a character code), 'i' (a size), 'a' (an array: its data pointer), '1'/'0'
-        (alpha/beta slots, no argument)."""
+        """layout: per argument, 'c' (a character code), 'i' (a size: Py_ssize_t), 'a' (an array: its data
+        pointer), '1'/'0' (alpha/beta slots, no argument)."""
         values, it = [char(ord('s'))], iter(zip(sig.args, args))
         for kind in layout:
             if kind in '10':
@@ -262,7 +262,7 @@ def _numba_blas_calls():
             if kind == 'c':
                 values.append(builder.trunc(context.cast(builder, v, ty, types.int64), char))
             elif kind == 'i':
-                values.append(context.cast(builder, v, ty, types.int64))
+                values.append(context.cast(builder, v, ty, types.intp))
             else:
                 values.append(builder.bitcast(context.make_array(ty)(context, builder, v).data, ptr))
         fnty = ir.FunctionType(ir.IntType(32), [v.type for v in values])

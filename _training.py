@@ -257,7 +257,7 @@ def acquire_step(p, options, mode, arrays, logq_arrays, draws, n_items):
         return step
     weights = _graph.shared_weights(arrays)
     logq = tuple(pytensor.shared(v, name=n) for v, n in zip(logq_arrays, ('logq_target', 'logq_sample')))
-    # the pause of the first epoch (Numba: 33-42 s cold on a 2-core VM; seconds when PyTensor's cache has it;
+    # the pause of the first epoch (Numba: 22-26 s cold on a 2-core VM; seconds when PyTensor's cache has it;
     # JAX keeps nothing on disk: a few seconds, PyTensor's rewriting and then XLA's compile)
     print('Compiling the training step' + (' (PyTensor, then XLA)' if options.backend == 'jax' else
                                            ' (or loading it from the compile cache)'), flush=True)

@@ -4,7 +4,7 @@ The model code (_graph.py, _optim.py) builds plain PyTensor graphs; this module 
 compiled, and holds each backend's defaults for training and evaluation. Backends (names and the device ->
 backend policy: _devices.py):
 
-* ``numba``  -- PyTensor's Numba backend (the CPU default; cold compile 33-42 s on a 2-core VM, then cached on
+* ``numba``  -- PyTensor's Numba backend (the CPU default; cold compile 22-26 s on a 2-core VM, then cached on
                disk; _numba_link makes Numba optimise and emit the nested functions once).
 * ``jax``    -- PyTensor's JAX backend (the GPU path; also runs on the CPU when JAX is installed).
 * ``python`` -- PyTensor's FAST_COMPILE mode (numpy ``perform`` implementations, sub-second compile).
