@@ -156,7 +156,7 @@ def test_matmul32_equals_pytensors_dot_on_numba_bit_for_bit(m, k, n):
         assert got.dtype == np.float32 and got.flags.c_contiguous
         if not reversed_axis:
             np.testing.assert_array_equal(got, want)
-        np.testing.assert_allclose(got, np.dot(a.astype(np.float64), b.astype(np.float64)), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(got, np.dot(a.astype(np.float64), b.astype(np.float64)), rtol=1e-5, atol=1e-5)
 
 
 def test_matmul32_rejects_mismatched_matrices():
