@@ -137,27 +137,38 @@ exp_f32 = Exp32(ps.upgrade_to_float, name='exp32')
 sigmoid_f32 = Sigmoid32(ps.upgrade_to_float, name='sigmoid32')
 
 
-class RowMax(Op):
-    """Max over the last axis of a float32 matrix (PyTensor's Max(axis=1)); a row with a NaN gives NaN, an
-    empty row an error, as numpy. The Numba kernel keeps eight independent running maxima (one dependent
-    compare per element is latency-bound)."""
+class _MatrixReduction(Op):
+    """A float32 matrix reduced over one axis (`axis`) to a float32 vector, standing in for the PyTensor
+    reduction `reference()`, whose gradient it has."""
     __props__ = ()
+    axis = None
 
     def make_node(self, x):
         x = pt.as_tensor_variable(x)
         if x.ndim != 2 or x.dtype != FLOAT:
-            raise TypeError('RowMax takes a float32 matrix')
-        return Apply(self, [x], [pt.tensor(dtype=FLOAT, shape=(x.type.shape[0],))])
+            raise TypeError(f'{type(self).__name__} takes a float32 matrix')
+        return Apply(self, [x], [pt.tensor(dtype=FLOAT, shape=(x.type.shape[1 - self.axis],))])
 
     def infer_shape(self, node, shapes):
-        return [(shapes[0][0],)]
+        return [(shapes[0][1 - self.axis],)]
+
+    def pullback(self, inputs, outputs, output_grads):
+        return self.reference().pullback(inputs, outputs, output_grads)
+
+
+class RowMax(_MatrixReduction):
+    """Max over the last axis of a float32 matrix (PyTensor's Max(axis=1)); a row with a NaN gives NaN, an
+    empty row an error, as numpy. The Numba kernel keeps eight independent running maxima (one dependent
+    compare per element is latency-bound)."""
+    axis = 1
+
+    @staticmethod
+    def reference():
+        from pytensor.tensor.math import Max
+        return Max(axis=(1,))
 
     def perform(self, node, inputs, outputs):
         outputs[0][0] = np.max(inputs[0], axis=1)
-
-    def pullback(self, inputs, outputs, output_grads):
-        from pytensor.tensor.math import Max
-        return Max(axis=(1,)).pullback(inputs, outputs, output_grads)
 
 
 @functools.cache
@@ -350,22 +361,18 @@ def _numba_funcify_matmul32(op, node=None, **kwargs):
     return _numba_matmul32_kernel(), _ops_support.source_salt(__name__)
 
 
-class ColumnSum(Op):
+class ColumnSum(_MatrixReduction):
     """The sum over the rows of a float32 matrix, accumulated in float64 (PyTensor's Sum(axis=0) of float32, the
     gradient of a bias). PyTensor's Numba code for a reduction handles any axes and layouts (it sorts the strides
     at run time): ~5 s of the quick-start's cold compile went to it and the Numba functions it pulled in. The
     kernel adds the rows in order into float64 columns, as that code does for a row-major matrix (every column's
     sum is the same sequence of float64 additions in either loop order), then rounds to float32."""
-    __props__ = ()
+    axis = 0
 
-    def make_node(self, x):
-        x = pt.as_tensor_variable(x)
-        if x.ndim != 2 or x.dtype != FLOAT:
-            raise TypeError('ColumnSum takes a float32 matrix')
-        return Apply(self, [x], [pt.tensor(dtype=FLOAT, shape=(x.type.shape[1],))])
-
-    def infer_shape(self, node, shapes):
-        return [(shapes[0][1],)]
+    @staticmethod
+    def reference():
+        from pytensor.tensor.math import Sum
+        return Sum(axis=(0,), acc_dtype='float64')
 
     def perform(self, node, inputs, outputs):
         x = inputs[0]
@@ -373,10 +380,6 @@ class ColumnSum(Op):
         for row in x:   # in order, as the kernel (numpy's sum could add in pairs)
             total += row
         outputs[0][0] = total.astype(np.float32)
-
-    def pullback(self, inputs, outputs, output_grads):
-        from pytensor.tensor.math import Sum
-        return Sum(axis=(0,), acc_dtype='float64').pullback(inputs, outputs, output_grads)
 
 
 @functools.cache
