@@ -27,10 +27,11 @@ Rewrites (registered in PyTensor's optdb when this module is imported; tag ``gru
 * ``jax_static_shapes`` (JAX) -- integer arithmetic on shapes (slice bounds, arange ends, allocation sizes) by
   gpu_ops' ShapeScalar/ShapeArange, which evaluate it with Python ints while JAX traces: one compiled step
   without its width in the types serves every batch_size and n_sample (XLA compiles each new shape).
-* ``numba_matmul32`` (Numba, fused only) -- products of float32 matrices by gpu_ops' MatMul32, whose Numba code
-  is compiled once per process instead of once per node and layout (a cold compile ~7 s shorter); column sums
-  of float32 matrices (a bias's gradient) by gpu_ops' ColumnSum, whose kernel is a loop nest where PyTensor's
-  reduction code is general in axes and layouts (~5 s of the quick start's cold compile).
+* ``numba_matmul32`` and ``numba_column_sum`` (one pass, Numba, fused only) -- products of float32 matrices by
+  gpu_ops' MatMul32, whose Numba code is compiled once per process instead of once per node and layout (a cold
+  compile ~7 s shorter); column sums of float32 matrices (a bias's gradient) by gpu_ops' ColumnSum, whose kernel
+  is a loop nest where PyTensor's reduction code is general in axes and layouts (~5 s of the quick start's cold
+  compile).
 """
 import functools
 
@@ -242,4 +243,5 @@ optdb.register(_prefix + 'jax_static_shapes', dfs_rewriter(jax_static_shapes), J
 fuse_seqopt.register(_prefix + 'numba_fast_math', dfs_rewriter(numba_fast_math, numba_row_max), NUMBA_FAST_TAG,
                      position=0.7)
 # after the graph rewrites that look for Dot (canonicalize, specialize), before the element-wise fusion
-optdb.register(_prefix + 'numba_matmul32', dfs_rewriter(numba_matmul32, numba_column_sum), NUMBA_FAST_TAG, position=48.9)
+optdb.register(_prefix + 'numba_products_and_sums', dfs_rewriter(numba_matmul32, numba_column_sum), NUMBA_FAST_TAG,
+               position=48.9)
